@@ -1,0 +1,154 @@
+"""The connected client: one NATS and one Redis connection, shared by all contexts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+from typing import Self
+
+import nats
+import redis.asyncio as redis_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+
+from chirp._config import Settings
+from chirp._context import Context
+from chirp._errors import TransportError, UsageError
+from chirp._ids import new_id
+from chirp._publish import StreamWriter
+
+logger = logging.getLogger(__name__)
+
+
+class Client:
+    """Connect to NATS and Redis and hand out root contexts.
+
+    Use it as an async context manager, or call `connect` and `close`::
+
+        async with chirp.Client(name="gateway") as client:
+            ctx = client.context()
+            await ctx.msg(UserCreate(user_id="u1", handle="ada"))
+
+    Args:
+        name: The name of this service, written into the trace of what it publishes.
+        nats_url: Defaults to ``CHIRP_NATS_URL``.
+        redis_url: Defaults to ``CHIRP_REDIS_URL``.
+        test: Mark traces as made inside a test.
+    """
+
+    def __init__(
+        self,
+        name: str = "client",
+        *,
+        nats_url: str | None = None,
+        redis_url: str | None = None,
+        test: bool = False,
+    ) -> None:
+        self.name = name
+        self.settings = Settings.resolve(
+            nats_url=nats_url, redis_url=redis_url, test=test
+        )
+        self._nats: NatsClient | None = None
+        self._redis: redis_asyncio.Redis | None = None
+        self._writer: StreamWriter | None = None
+
+    async def connect(self) -> Self:
+        """Open both connections.
+
+        Raises:
+            TransportError: A server could not be reached.
+        """
+        self._redis = redis_asyncio.Redis.from_url(self.settings.redis_url)
+        try:
+            await self._redis.ping()
+            self._nats = await nats.connect(
+                self.settings.nats_url,
+                name=self.name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                allow_reconnect=True,
+                error_cb=self._on_nats_error,
+                disconnected_cb=self._on_nats_disconnected,
+                reconnected_cb=self._on_nats_reconnected,
+            )
+        except Exception as error:
+            await self.close()
+            raise TransportError(
+                f"cannot connect to NATS {self.settings.nats_url} and Redis "
+                f"{self.settings.redis_url}: {error}"
+            ) from error
+        self._writer = StreamWriter(
+            self._redis,
+            attempts=self.settings.publish_attempts,
+            retry_delay=self.settings.publish_retry_delay,
+        )
+        return self
+
+    async def close(self) -> None:
+        """Send what is queued, then close both connections."""
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._nats is not None:
+            nc, self._nats = self._nats, None
+            try:
+                await nc.drain()
+            except NatsError as error:
+                logger.debug("NATS drain on close failed: %s", error)
+        if self._redis is not None:
+            r, self._redis = self._redis, None
+            await r.aclose()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def context(self, name: str | None = None, *, ray_id: str | None = None) -> Context:
+        """Return a root context: a new ray (or `ray_id`), a new request id."""
+        return Context(
+            self,
+            name=name or self.name,
+            ray_id=ray_id or new_id(),
+            request_id=new_id(),
+            trace=(),
+            ts=int(time.time() * 1000),
+        )
+
+    @property
+    def nats(self) -> NatsClient:
+        """The NATS connection."""
+        if self._nats is None:
+            raise UsageError(f"client {self.name!r} is not connected")
+        return self._nats
+
+    @property
+    def redis(self) -> redis_asyncio.Redis:
+        """The Redis connection pool."""
+        if self._redis is None:
+            raise UsageError(f"client {self.name!r} is not connected")
+        return self._redis
+
+    @property
+    def writer(self) -> StreamWriter:
+        """The shared durable writer."""
+        if self._writer is None:
+            raise UsageError(f"client {self.name!r} is not connected")
+        return self._writer
+
+    async def _on_nats_error(self, error: Exception) -> None:
+        logger.warning("NATS error: %s", error)
+
+    async def _on_nats_disconnected(self) -> None:
+        logger.warning("NATS disconnected; reconnecting")
+
+    async def _on_nats_reconnected(self) -> None:
+        logger.info("NATS reconnected to %s", self.nats.connected_url)

@@ -1,0 +1,61 @@
+"""Connection settings, from arguments or ``CHIRP_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from chirp._errors import UsageError
+
+NATS_URL_VARIABLE = "CHIRP_NATS_URL"
+REDIS_URL_VARIABLE = "CHIRP_REDIS_URL"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the servers are and how hard to try them.
+
+    Attributes:
+        nats_url: ``nats://host:port``.
+        redis_url: ``redis://host:port/db``.
+        publish_attempts: Tries of a durable write before `PublishError`.
+        publish_retry_delay: Seconds before the second try; doubles each time.
+        test: Mark every trace entry as made inside a test.
+    """
+
+    nats_url: str
+    redis_url: str
+    publish_attempts: int = 5
+    publish_retry_delay: float = 0.05
+    test: bool = False
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        nats_url: str | None = None,
+        redis_url: str | None = None,
+        test: bool = False,
+    ) -> Settings:
+        """Return settings from the arguments, falling back to the environment.
+
+        Raises:
+            UsageError: A URL is neither given nor set in the environment.
+        """
+        nats = nats_url or os.environ.get(NATS_URL_VARIABLE)
+        redis = redis_url or os.environ.get(REDIS_URL_VARIABLE)
+        missing = [
+            variable
+            for variable, value in (
+                (NATS_URL_VARIABLE, nats),
+                (REDIS_URL_VARIABLE, redis),
+            )
+            if not value
+        ]
+        if missing:
+            raise UsageError(
+                f"no server URL for {' and '.join(missing)}: pass it as an argument, "
+                "set the variable, or use `chirp dev` to start embedded servers"
+            )
+        assert nats is not None and redis is not None
+        return cls(nats_url=nats, redis_url=redis, test=test)

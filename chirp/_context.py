@@ -1,0 +1,359 @@
+"""Contexts: who is asking, on behalf of which ray, and the calls they can make."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from google.protobuf.message import Message
+from nats.errors import Error as NatsError
+
+from chirp._errors import ChirpTimeoutError, MessageFailed, UsageError
+from chirp._ids import new_id
+from chirp._publish import DurableWrite
+from chirp._schema import MessageSpec, message_spec
+from chirp._subscribe import Received, Subscription, TraceEntry, received_from
+from chirp._wire import decode_envelope, stream_key, subject, tail_key
+from chirp.envelope_pb2 import Envelope
+from chirp.envelope_pb2 import TraceEntry as TraceEntryProto
+
+if TYPE_CHECKING:
+    from chirp._client import Client
+    from chirp._operation import Operation
+
+M = TypeVar("M", bound=Message)
+C = TypeVar("C", bound=Message)
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+Params = Mapping[str, str | int | bool | None]
+
+logger = logging.getLogger(__name__)
+_context_logger = logging.getLogger("chirp.context")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a publish returns: the message's request id and its stream entry id."""
+
+    request_id: str
+    entry_id: str
+
+
+class Context:
+    """The identity of one request and the calls it can make.
+
+    Every operation call and every handled message runs with its own context. Root
+    contexts come from `Client.context`; child contexts are made by Chirp.
+
+    Attributes:
+        name: The context's name: the worker, operation or client it belongs to.
+        ray_id: Shared by everything one outside request caused.
+        request_id: This request's own id.
+        trace: The hops that led here, oldest first.
+        ts: When this context started, in ms since the Unix epoch.
+        req_ts: When the triggering request started (a message's publish time).
+        attempt: For a worker, which attempt at the message this is (from 1).
+        deadline: `loop.time()` by which the work must finish, or None.
+    """
+
+    __slots__ = (
+        "_client",
+        "_log",
+        "attempt",
+        "deadline",
+        "name",
+        "ray_id",
+        "req_ts",
+        "request_id",
+        "trace",
+        "ts",
+    )
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        name: str,
+        ray_id: str,
+        request_id: str,
+        trace: tuple[TraceEntry, ...],
+        ts: int,
+        req_ts: int | None = None,
+        attempt: int = 1,
+        deadline: float | None = None,
+    ) -> None:
+        self._client = client
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+        self.name = name
+        self.ray_id = ray_id
+        self.request_id = request_id
+        self.trace = trace
+        self.ts = ts
+        self.req_ts = ts if req_ts is None else req_ts
+        self.attempt = attempt
+        self.deadline = deadline
+
+    @property
+    def client(self) -> Client:
+        """The connected client this context uses."""
+        return self._client
+
+    @property
+    def req_dt(self) -> float:
+        """Seconds since the triggering request started."""
+        return time.time() - self.req_ts / 1000
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry ``ray_id``, ``request_id`` and ``context``."""
+        if self._log is None:
+            self._log = logging.LoggerAdapter(
+                _context_logger,
+                {
+                    "ray_id": self.ray_id,
+                    "request_id": self.request_id,
+                    "context": self.name,
+                },
+            )
+        return self._log
+
+    def child(self, name: str, *, timeout: float | None = None) -> Context:
+        """Return a context for work done on behalf of this one.
+
+        Same ray, a new request id, this context appended to the trace, and a deadline
+        no later than this context's.
+        """
+        deadline = self.deadline
+        if timeout is not None:
+            own = asyncio.get_running_loop().time() + timeout
+            deadline = own if deadline is None else min(deadline, own)
+        return Context(
+            self._client,
+            name=name,
+            ray_id=self.ray_id,
+            request_id=new_id(),
+            trace=(*self.trace, self.own_trace_entry()),
+            ts=int(time.time() * 1000),
+            req_ts=self.req_ts,
+            deadline=deadline,
+        )
+
+    def own_trace_entry(self) -> TraceEntry:
+        """Return the hop this context adds to the trace of what it causes."""
+        test = self._client.settings.test
+        return TraceEntry(self.name, self.request_id, self.ts, test)
+
+    async def call(self, operation: Operation[Req, Resp], request: Req) -> Resp:
+        """Call an operation on behalf of this context: ``operation(ctx, request)``."""
+        return await operation(self, request)
+
+    async def msg(self, body: Message) -> Published:
+        """Publish a message: write it durably to its stream, then announce it on NATS.
+
+        Returns once the stream write succeeded.
+
+        Raises:
+            PublishError: The durable write failed after its retries.
+            SchemaError: The body's class has no valid ``(chirp.message)`` option.
+        """
+        return await self._publish(body, message_spec(type(body)), new_id())
+
+    async def _publish(
+        self, body: Message, spec: MessageSpec[Any], request_id: str
+    ) -> Published:
+        parameters = spec.parameter_values(body)
+        data = self._envelope(spec.name, parameters, body, request_id)
+        write = DurableWrite(stream_key(spec.name), data)
+        if spec.tail_ttl_ms:
+            write.tail_key = tail_key(spec.name, parameters)
+            write.tail_ttl_ms = spec.tail_ttl_ms
+        entry_id = await self._client.writer.write(write)
+        await self._announce(subject(spec.name, parameters), data)
+        return Published(request_id, entry_id.decode())
+
+    def _envelope(
+        self,
+        name: str,
+        parameters: tuple[str, ...],
+        body: Message,
+        request_id: str,
+    ) -> bytes:
+        trace = [
+            TraceEntryProto(
+                context_name=t.context_name,
+                request_id=t.request_id,
+                ts=t.ts,
+                test=t.test,
+            )
+            for t in (*self.trace, self.own_trace_entry())
+        ]
+        envelope = Envelope(
+            name=name,
+            parameters=parameters,
+            ray_id=self.ray_id,
+            request_id=request_id,
+            ts=int(time.time() * 1000),
+            trace=trace,
+            body=body.SerializeToString(),
+        )
+        return envelope.SerializeToString()
+
+    async def _announce(self, nats_subject: str, data: bytes) -> None:
+        # The message is durable already: a NATS failure only costs realtime
+        # subscribers this one message, and raising would invite a duplicate publish.
+        try:
+            await self._client.nats.publish(nats_subject, data)
+        except NatsError as error:
+            logger.warning(
+                "message written durably but not announced on %s: %s",
+                nats_subject,
+                error,
+                extra={"ray_id": self.ray_id},
+            )
+
+    async def subscribe(
+        self, message: type[M], params: Params | None = None
+    ) -> Subscription[M]:
+        """Subscribe to a message in realtime; a parameter left out matches any value.
+
+        The subscription is registered on the server when this returns. Close it when
+        done, or use it as an async context manager.
+        """
+        spec = message_spec(message)
+        values = spec.parameters_from(dict(params or {}))
+        subscription: Subscription[M] = Subscription(self._client.nats, [spec])
+        await subscription.start([subject(spec.name, values)])
+        return subscription
+
+    async def tail_read(
+        self, message: type[M], params: Params | None = None
+    ) -> Received[M] | None:
+        """Return the latest message of one parameter set, or None if none is kept.
+
+        Raises:
+            UsageError: The message keeps no tail, or a parameter is missing.
+        """
+        spec = message_spec(message)
+        key = _tail_key_of(spec, params)
+        data = cast(bytes | None, await self._client.redis.get(key))
+        if data is None:
+            return None
+        envelope = decode_envelope(data, where=f"tail {key}")
+        return received_from(spec, envelope, where=f"tail {key}")
+
+    async def tail_anchor(
+        self,
+        message: type[M],
+        params: Params | None = None,
+        *,
+        since: int,
+        timeout: float,
+    ) -> Received[M]:
+        """Return the first message of a parameter set published after `since`.
+
+        Reads the tail first; if it is not newer than `since` (ms since the epoch),
+        waits for the next one on NATS.
+
+        Raises:
+            ChirpTimeoutError: No newer message came within `timeout` seconds.
+        """
+        spec = message_spec(message)
+        _tail_key_of(spec, params)
+        async with await self.subscribe(message, params) as subscription:
+            try:
+                async with asyncio.timeout(timeout):
+                    tail = await self.tail_read(message, params)
+                    if tail is not None and tail.ts > since:
+                        return tail
+                    while True:
+                        received = await subscription.next()
+                        if received.ts > since:
+                            return received
+            except TimeoutError:
+                raise ChirpTimeoutError(
+                    f"no {spec.name!r} message newer than {since} within {timeout}s"
+                ) from None
+
+    async def publish_wait(
+        self,
+        body: Message,
+        complete: type[C],
+        *,
+        fail: type[Message] | None = None,
+        timeout: float = 60.0,
+    ) -> Received[C]:
+        """Publish a message and wait for its completion message.
+
+        Subscribes to `complete` (and `fail`) before publishing, with the parameters the
+        two messages share, and takes the first reply whose trace contains this publish.
+
+        Raises:
+            MessageFailed: The failure message came first; it is on `.received`.
+            ChirpTimeoutError: Neither came within `timeout` seconds.
+            PublishError: The durable write failed.
+        """
+        spec = message_spec(type(body))
+        replies: list[MessageSpec[Any]] = [message_spec(complete)]
+        if fail is not None:
+            replies.append(message_spec(fail))
+        known = dict(zip(spec.parameters, spec.parameter_values(body), strict=True))
+        subscription: Subscription[Any] = Subscription(self._client.nats, replies)
+        await subscription.start([_reply_subject(r, known) for r in replies])
+        request_id = new_id()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._publish(body, spec, request_id)
+                received = await _reply_to(subscription, request_id)
+        except TimeoutError:
+            raise ChirpTimeoutError(
+                f"no {replies[0].name!r} reply to {spec.name!r} request {request_id} "
+                f"within {timeout}s"
+            ) from None
+        finally:
+            await subscription.close()
+        if received.name != replies[0].name:
+            raise _failure(received, spec.name)
+        return received
+
+
+def _tail_key_of(spec: MessageSpec[Any], params: Params | None) -> str:
+    if not spec.tail_ttl_ms:
+        raise UsageError(
+            f"message {spec.name!r} keeps no tail: it declares no tail_ttl_ms"
+        )
+    values = spec.parameters_from(dict(params or {}))
+    missing = [p for p, v in zip(spec.parameters, values, strict=True) if v is None]
+    if missing:
+        raise UsageError(f"the tail of {spec.name!r} needs parameter(s) {missing}")
+    return tail_key(spec.name, [v for v in values if v is not None])
+
+
+def _reply_subject(reply: MessageSpec[Any], known: dict[str, str]) -> str:
+    return subject(reply.name, [known.get(p) for p in reply.parameters])
+
+
+async def _reply_to(subscription: Subscription[Any], request_id: str) -> Received[Any]:
+    while True:
+        received = await subscription.next()
+        if received.passed_through(request_id):
+            return received
+
+
+def _failure(received: Received[Any], request_name: str) -> MessageFailed:
+    body = received.body
+    code = getattr(body, "code", "") if _has_field(body, "code") else ""
+    text = getattr(body, "message", "") if _has_field(body, "message") else ""
+    return MessageFailed(
+        received,
+        code=str(code) or received.name.upper().replace("-", "_"),
+        message=str(text) or f"{request_name!r} failed with {received.name!r}",
+    )
+
+
+def _has_field(body: Message, name: str) -> bool:
+    return name in body.DESCRIPTOR.fields_by_name

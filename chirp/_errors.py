@@ -1,0 +1,101 @@
+"""Exceptions raised by Chirp.
+
+Every exception Chirp raises derives from `ChirpError`. The families are grouped by what
+the caller can do about them::
+
+    ChirpError
+    ├── TransportError          NATS or Redis failed; retrying later may help
+    │   └── PublishError        a message's durable write failed after its retries
+    ├── ChirpTimeoutError       a deadline passed (also a builtin TimeoutError)
+    ├── DecodeError             an envelope or body could not be decoded
+    ├── OperationError          a business error with a code, raised on purpose
+    │   └── MessageFailed       publish-and-wait received the failure message
+    ├── InternalError           an operation failed unexpectedly; wraps the cause
+    └── UsageError              Chirp was used wrongly (bad schema, wrong type, ...)
+        └── SchemaError         a Protobuf class lacks or misdeclares its Chirp option
+
+Control signals are not errors and live elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chirp._subscribe import Received
+
+
+class ChirpError(Exception):
+    """Root of every exception Chirp raises."""
+
+
+class TransportError(ChirpError):
+    """NATS or Redis could not be reached or answered with an error."""
+
+
+class PublishError(TransportError):
+    """A message could not be written durably; it was not published."""
+
+
+class ChirpTimeoutError(ChirpError, TimeoutError):
+    """A deadline passed before the awaited thing happened."""
+
+
+class DecodeError(ChirpError):
+    """An envelope or a message body could not be decoded."""
+
+
+class UsageError(ChirpError):
+    """Chirp was called in a way it does not support."""
+
+
+class SchemaError(UsageError):
+    """A Protobuf class lacks its Chirp option or declares it wrongly."""
+
+
+class OperationError(ChirpError):
+    """A business error with a stable code, raised on purpose and meant for the caller.
+
+    Args:
+        code: Stable upper-snake-case name, e.g. ``USER_NOT_FOUND``.
+        message: One sentence for humans.
+        status: HTTP status the error maps to at the API edge.
+        metadata: Extra JSON-serialisable facts for the caller.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 400,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+
+class MessageFailed(OperationError):
+    """Publish-and-wait received the failure message instead of the completion.
+
+    The failure message itself is on `received`; its body usually carries the reason.
+    """
+
+    def __init__(self, received: Received[Any], *, code: str, message: str) -> None:
+        super().__init__(code, message, status=400)
+        self.received = received
+
+
+class InternalError(ChirpError):
+    """An operation raised something other than a Chirp error.
+
+    The original exception is the `__cause__`; `ray_id` names the ray to look up.
+    """
+
+    def __init__(self, message: str, *, ray_id: str) -> None:
+        super().__init__(message)
+        self.ray_id = ray_id

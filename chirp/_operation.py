@@ -1,0 +1,159 @@
+"""Operations: typed in-process calls with a child context, deadline and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar, overload
+
+from google.protobuf.message import Message
+
+from chirp._context import Context
+from chirp._errors import ChirpError, ChirpTimeoutError, InternalError, UsageError
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+Handler = Callable[[Context, Req], Awaitable[Resp]]
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class Operation(Generic[Req, Resp]):
+    """An async function callable as an operation: ``await op(ctx, request)``.
+
+    Made by `operation`. The call checks the request type, runs the function with a
+    child context under the operation's deadline, and lets Chirp errors through;
+    anything else becomes `InternalError`.
+    """
+
+    def __init__(
+        self,
+        fn: Handler[Req, Resp],
+        *,
+        name: str,
+        request_type: type[Req],
+        response_type: type[Resp],
+        timeout: float,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.request_type = request_type
+        self.response_type = response_type
+        self.timeout = timeout
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Operation {self.name}>"
+
+    async def __call__(self, ctx: Context, request: Req) -> Resp:
+        """Call the operation on behalf of `ctx`.
+
+        Raises:
+            UsageError: `request` is not of the operation's request type.
+            ChirpTimeoutError: The deadline passed.
+            InternalError: The function raised something that is not a Chirp error, or
+                returned the wrong type.
+        """
+        if type(request) is not self.request_type:
+            raise UsageError(
+                f"operation {self.name!r} takes {self.request_type.__name__}, "
+                f"got {type(request).__name__}"
+            )
+        child = ctx.child(self.name, timeout=self.timeout)
+        try:
+            async with asyncio.timeout_at(child.deadline):
+                response = await self.fn(child, request)
+        except ChirpError:
+            raise
+        except TimeoutError as error:
+            if child.deadline is not None and _passed(child.deadline):
+                raise ChirpTimeoutError(
+                    f"operation {self.name!r} missed its deadline "
+                    f"(timeout {self.timeout}s, ray {ctx.ray_id})"
+                ) from error
+            raise self._internal(child, error) from error
+        except Exception as error:
+            raise self._internal(child, error) from error
+        if type(response) is not self.response_type:
+            raise InternalError(
+                f"operation {self.name!r} returned {type(response).__name__}, "
+                f"not {self.response_type.__name__} (ray {ctx.ray_id})",
+                ray_id=ctx.ray_id,
+            )
+        return response
+
+    def _internal(self, child: Context, error: BaseException) -> InternalError:
+        return InternalError(
+            f"operation {self.name!r} failed: {type(error).__name__}: {error} "
+            f"(ray {child.ray_id})",
+            ray_id=child.ray_id,
+        )
+
+
+def _passed(deadline: float) -> bool:
+    return asyncio.get_running_loop().time() >= deadline
+
+
+@overload
+def operation(fn: Handler[Req, Resp], /) -> Operation[Req, Resp]: ...
+
+
+@overload
+def operation(
+    *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> Callable[[Handler[Req, Resp]], Operation[Req, Resp]]: ...
+
+
+def operation(
+    fn: Handler[Req, Resp] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Operation[Req, Resp] | Callable[[Handler[Req, Resp]], Operation[Req, Resp]]:
+    """Declare an async function ``(ctx, request) -> response`` as an operation.
+
+    Use it bare (``@operation``) or with options
+    (``@operation(name="user-get", timeout=5)``). The request and response types come
+    from the annotations; the name defaults to the function name in kebab-case.
+
+    Raises:
+        UsageError: The function is not async or its annotations are not Protobuf types.
+    """
+
+    def wrap(f: Handler[Req, Resp]) -> Operation[Req, Resp]:
+        request_type, response_type = _types_of(f)
+        return Operation(
+            f,
+            name=name or f.__name__.replace("_", "-"),
+            request_type=request_type,
+            response_type=response_type,
+            timeout=timeout,
+        )
+
+    return wrap if fn is None else wrap(fn)
+
+
+def _types_of(fn: Callable[..., Any]) -> tuple[Any, Any]:
+    if not inspect.iscoroutinefunction(fn):
+        raise UsageError(f"operation {fn.__qualname__} must be an async function")
+    hints = typing.get_type_hints(fn)
+    parameters = list(inspect.signature(fn).parameters)
+    if len(parameters) != 2:
+        raise UsageError(
+            f"operation {fn.__qualname__} must take (ctx, request), "
+            f"it takes {parameters}"
+        )
+    request_type = hints.get(parameters[1])
+    response_type = hints.get("return")
+    for role, cls in (("request", request_type), ("response", response_type)):
+        if not (isinstance(cls, type) and issubclass(cls, Message)):
+            raise UsageError(
+                f"operation {fn.__qualname__} must annotate its {role} with a "
+                f"generated Protobuf class, found {cls!r}"
+            )
+    return request_type, response_type

@@ -1,0 +1,170 @@
+"""Chirp metadata of Protobuf message classes.
+
+A message class carries its Chirp metadata in the ``(chirp.message)`` option of its
+schema (see ``chirp/options.proto``). `message_spec` reads and checks it once a class.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from chirp import options_pb2
+from chirp._errors import SchemaError
+
+if TYPE_CHECKING:
+    from google._upb._message import Descriptor as UpbDescriptor
+
+    AnyDescriptor: TypeAlias = Descriptor | UpbDescriptor
+
+M = TypeVar("M", bound=Message)
+
+_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_ROUTABLE_TYPES = {
+    FieldDescriptor.TYPE_STRING,
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_BOOL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpec(Generic[M]):
+    """What Chirp knows of one message class.
+
+    Attributes:
+        cls: The generated Protobuf class.
+        name: Kebab-case message name, e.g. ``user-create``.
+        parameters: Ordered names of the body fields that route the message.
+        tail_ttl_ms: How long the latest envelope per parameter set is kept; 0: not.
+    """
+
+    cls: type[M]
+    name: str
+    parameters: tuple[str, ...]
+    tail_ttl_ms: int
+
+    def parameter_values(self, body: M) -> tuple[str, ...]:
+        """Return the routing parameter values of `body`, as strings."""
+        return tuple(parameter_text(getattr(body, p)) for p in self.parameters)
+
+    def parameters_from(self, given: dict[str, object]) -> tuple[str | None, ...]:
+        """Order named parameter values as the schema does; a missing one is None.
+
+        Raises:
+            UsageError: A name is not a parameter of this message.
+        """
+        unknown = set(given) - set(self.parameters)
+        if unknown:
+            raise SchemaError(
+                f"message {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                f"its parameters are {list(self.parameters)}"
+            )
+        return tuple(
+            None if given.get(p) is None else parameter_text(given[p])
+            for p in self.parameters
+        )
+
+
+def parameter_text(value: object) -> str:
+    """Return the text form of a parameter value: booleans as ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+_specs: dict[type[Message], MessageSpec[Message]] = {}
+_by_name: dict[str, MessageSpec[Message]] = {}
+_lock = threading.Lock()
+
+
+def message_spec(cls: type[M]) -> MessageSpec[M]:
+    """Return the Chirp metadata of a generated message class.
+
+    Raises:
+        SchemaError: The class has no ``(chirp.message)`` option, or it is invalid, or
+            another class already uses the same message name.
+    """
+    spec = _specs.get(cls)
+    if spec is None:
+        spec = _register(cls)
+    return spec  # type: ignore[return-value]
+
+
+def spec_by_name(name: str) -> MessageSpec[Message] | None:
+    """Return the spec of a message name whose class has been seen, or None."""
+    return _by_name.get(name)
+
+
+def _register(cls: type[Message]) -> MessageSpec[Message]:
+    spec = _read_spec(cls)
+    with _lock:
+        other = _by_name.get(spec.name)
+        if other is not None and other.cls.DESCRIPTOR.full_name != _full_name(cls):
+            raise SchemaError(
+                f"message name {spec.name!r} is declared by both "
+                f"{other.cls.DESCRIPTOR.full_name} and {_full_name(cls)}"
+            )
+        _by_name[spec.name] = spec
+        _specs[cls] = spec
+    return spec
+
+
+def _full_name(cls: type[Message]) -> str:
+    return str(cls.DESCRIPTOR.full_name)
+
+
+def _read_spec(cls: type[Message]) -> MessageSpec[Message]:
+    if not (isinstance(cls, type) and issubclass(cls, Message)):
+        raise SchemaError(f"{cls!r} is not a generated Protobuf message class")
+    descriptor = cls.DESCRIPTOR
+    options = descriptor.GetOptions()
+    if not options.HasExtension(options_pb2.message):
+        raise SchemaError(
+            f"{descriptor.full_name} has no (chirp.message) option; add "
+            '`option (chirp.message) = {name: "..."};` to its schema'
+        )
+    declared = options.Extensions[options_pb2.message]
+    _check_name(descriptor, declared.name)
+    parameters = tuple(declared.parameters)
+    for parameter in parameters:
+        _check_parameter(descriptor, parameter)
+    if len(set(parameters)) != len(parameters):
+        raise SchemaError(f"{descriptor.full_name} lists a parameter twice")
+    return MessageSpec(cls, declared.name, parameters, int(declared.tail_ttl_ms))
+
+
+def _check_name(descriptor: AnyDescriptor, name: str) -> None:
+    if not _NAME.match(name):
+        raise SchemaError(
+            f"{descriptor.full_name} declares message name {name!r}; names are "
+            "kebab-case: lowercase letters, digits and single dashes"
+        )
+
+
+def _check_parameter(descriptor: AnyDescriptor, parameter: str) -> None:
+    field = descriptor.fields_by_name.get(parameter)
+    if field is None:
+        raise SchemaError(
+            f"{descriptor.full_name} lists parameter {parameter!r}, which is not "
+            "one of its fields"
+        )
+    repeated = field.is_repeated
+    if repeated or field.type not in _ROUTABLE_TYPES:
+        raise SchemaError(
+            f"parameter {parameter!r} of {descriptor.full_name} must be a single "
+            "string, integer or bool field"
+        )

@@ -1,0 +1,135 @@
+"""Names on the wire: NATS subjects, Redis keys, parameter escaping, envelope bytes.
+
+`docs/wire.md` specifies everything here for implementers in other languages; keep
+the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from chirp._errors import DecodeError
+from chirp.envelope_pb2 import Envelope
+
+SUBJECT_PREFIX = "chirp.msg"
+KEY_PREFIX = "chirp"
+ENVELOPE_FIELD = b"e"
+EMPTY_TOKEN = "_"
+WILDCARD = "*"
+
+# Bytes that stand for themselves in a token. Everything else, "_" included, is written
+# as "_" and two uppercase hex digits, so a lone "_" can only mean the empty string.
+_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+_PLAIN_TEXT = re.compile(r"^[A-Za-z0-9-]+$")
+_TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")
+
+
+def escape(value: str) -> str:
+    """Return the subject token and key segment for one parameter value.
+
+    The result contains only ``A-Z a-z 0-9 - _``, never a NATS separator or wildcard nor
+    a Redis key separator, and distinct values always give distinct tokens.
+    """
+    if not value:
+        return EMPTY_TOKEN
+    if _PLAIN_TEXT.match(value):
+        return value
+    return "".join(
+        chr(byte) if byte in _PLAIN else f"_{byte:02X}" for byte in value.encode()
+    )
+
+
+def unescape(token: str) -> str:
+    """Return the parameter value a token stands for.
+
+    Raises:
+        DecodeError: The token is not one `escape` can produce.
+    """
+    if token == EMPTY_TOKEN:
+        return ""
+    if not _TOKEN.match(token):
+        raise DecodeError(f"{token!r} is not an escaped parameter token")
+    raw = bytearray()
+    index = 0
+    while index < len(token):
+        if token[index] == "_":
+            raw.append(int(token[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            raw.append(ord(token[index]))
+            index += 1
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as error:
+        raise DecodeError(f"token {token!r} does not decode to UTF-8") from error
+
+
+def subject(name: str, parameters: Iterable[str | None]) -> str:
+    """Return the NATS subject of a message; a None parameter becomes a wildcard."""
+    tokens = [WILDCARD if p is None else escape(p) for p in parameters]
+    return ".".join([SUBJECT_PREFIX, name, *tokens])
+
+
+def stream_key(name: str) -> str:
+    """Return the Redis Stream that holds every message of one name."""
+    return f"{KEY_PREFIX}:stream:{name}"
+
+
+def tail_key(name: str, parameters: Sequence[str]) -> str:
+    """Return the Redis key that holds the tail of one parameter set."""
+    return ":".join([KEY_PREFIX, "tail", name, *(escape(p) for p in parameters)])
+
+
+def dead_letter_key(worker: str) -> str:
+    """Return the Redis Stream that holds a worker's dead letters."""
+    return f"{KEY_PREFIX}:dead:{worker}"
+
+
+def retry_key(worker: str) -> str:
+    """Return the sorted set of a worker's scheduled retries (score: due time in ms)."""
+    return f"{KEY_PREFIX}:retry:{worker}"
+
+
+def attempts_key(worker: str) -> str:
+    """Return the hash of failed attempts per stream entry id of a worker."""
+    return f"{KEY_PREFIX}:attempts:{worker}"
+
+
+def owners_key(worker: str) -> str:
+    """Return the hash naming the consumer that runs a scheduled retry right now."""
+    return f"{KEY_PREFIX}:owner:{worker}"
+
+
+def stats_key(worker: str) -> str:
+    """Return the hash of a worker's counters (retries, dead letters)."""
+    return f"{KEY_PREFIX}:stats:{worker}"
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """Return the bytes of an envelope."""
+    return envelope.SerializeToString()
+
+
+def decode_envelope(data: bytes, *, where: str) -> Envelope:
+    """Decode envelope bytes.
+
+    Args:
+        data: The bytes as read from Redis or NATS.
+        where: Names the source in the error, e.g. a stream key and entry id.
+
+    Raises:
+        DecodeError: The bytes are not an envelope, or it lacks a name.
+    """
+    envelope = Envelope()
+    try:
+        envelope.ParseFromString(data)
+    except ProtobufDecodeError as error:
+        raise DecodeError(
+            f"{where}: {len(data)} bytes are not a Chirp envelope ({error})"
+        ) from error
+    if not envelope.name:
+        raise DecodeError(f"{where}: envelope has no message name")
+    return envelope

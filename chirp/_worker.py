@@ -1,0 +1,141 @@
+"""Workers: async handlers that consume one message through a Redis consumer group."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar, overload
+
+from google.protobuf.message import Message
+
+from chirp._backoff import Backoff
+from chirp._context import Context
+from chirp._errors import UsageError
+from chirp._schema import MessageSpec, message_spec
+
+M = TypeVar("M", bound=Message)
+
+WorkerHandler = Callable[[Context, M], Awaitable[None]]
+
+_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+class Worker(Generic[M]):
+    """A message handler and how it consumes: made by `worker`.
+
+    Attributes:
+        name: The consumer group; every worker name gets every message once.
+        spec: The message it consumes.
+        concurrency: Handlers running at once in one host.
+        batch: Most entries read from the stream at once.
+        lease: Seconds an entry stays claimed by a host without renewal; a crashed
+            host's entries are taken over after this long.
+        backoff: Retry policy for handlers that raise.
+    """
+
+    def __init__(
+        self,
+        fn: WorkerHandler[M],
+        *,
+        name: str,
+        spec: MessageSpec[M],
+        concurrency: int,
+        batch: int,
+        lease: float,
+        backoff: Backoff,
+    ) -> None:
+        if not _NAME.match(name):
+            raise UsageError(f"worker name {name!r} must be kebab-case")
+        if concurrency < 1 or batch < 1 or lease <= 0:
+            raise UsageError(
+                f"worker {name!r} needs concurrency >= 1, batch >= 1 and lease > 0"
+            )
+        self.fn = fn
+        self.name = name
+        self.spec = spec
+        self.concurrency = concurrency
+        self.batch = batch
+        self.lease = lease
+        self.backoff = backoff
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} on {self.spec.name}>"
+
+    async def __call__(self, ctx: Context, message: M) -> None:
+        """Run the handler directly, as a plain function (for unit tests)."""
+        await self.fn(ctx, message)
+
+
+@overload
+def worker(fn: WorkerHandler[M], /) -> Worker[M]: ...
+
+
+@overload
+def worker(
+    *,
+    name: str | None = None,
+    concurrency: int = 16,
+    batch: int = 64,
+    lease: float = 30.0,
+    backoff: Backoff | None = None,
+) -> Callable[[WorkerHandler[M]], Worker[M]]: ...
+
+
+def worker(
+    fn: WorkerHandler[M] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    concurrency: int = 16,
+    batch: int = 64,
+    lease: float = 30.0,
+    backoff: Backoff | None = None,
+) -> Worker[M] | Callable[[WorkerHandler[M]], Worker[M]]:
+    """Declare an async function ``(ctx, message) -> None`` as a worker.
+
+    The consumed message comes from the annotation of the second parameter. The name
+    defaults to the function name in kebab-case. A worker cannot fail: if it raises,
+    the message is retried with `backoff` (by default forever).
+
+    Raises:
+        UsageError: The function is not async, or its message is not a Chirp message.
+    """
+
+    def wrap(f: WorkerHandler[M]) -> Worker[M]:
+        return Worker(
+            f,
+            name=name or f.__name__.replace("_", "-"),
+            spec=message_spec(_message_type(f)),
+            concurrency=concurrency,
+            batch=batch,
+            lease=lease,
+            backoff=backoff or Backoff(),
+        )
+
+    return wrap if fn is None else wrap(fn)
+
+
+def _message_type(fn: Callable[..., Any]) -> Any:
+    if not inspect.iscoroutinefunction(fn):
+        raise UsageError(f"worker {fn.__qualname__} must be an async function")
+    parameters = list(inspect.signature(fn).parameters)
+    if len(parameters) != 2:
+        raise UsageError(
+            f"worker {fn.__qualname__} must take (ctx, message), it takes {parameters}"
+        )
+    message = typing.get_type_hints(fn).get(parameters[1])
+    if not (isinstance(message, type) and issubclass(message, Message)):
+        raise UsageError(
+            f"worker {fn.__qualname__} must annotate its message with a generated "
+            f"Protobuf class, found {message!r}"
+        )
+    return message
+
+
+def workers_in(module: object) -> list[Worker[Any]]:
+    """Return the workers defined at the top level of a module, in definition order."""
+    return [value for value in vars(module).values() if isinstance(value, Worker)]
