@@ -17,6 +17,7 @@ from chirp._context import Context
 from chirp._errors import TransportError, UsageError
 from chirp._ids import new_id
 from chirp._publish import StreamWriter
+from chirp._wire import Names
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Client:
         name: The name of this service, written into the trace of what it publishes.
         nats_url: Defaults to ``CHIRP_NATS_URL``.
         redis_url: Defaults to ``CHIRP_REDIS_URL``.
+        namespace: Prefix of all subjects and keys; defaults to ``CHIRP_NAMESPACE``.
         test: Mark traces as made inside a test.
     """
 
@@ -43,12 +45,14 @@ class Client:
         *,
         nats_url: str | None = None,
         redis_url: str | None = None,
+        namespace: str | None = None,
         test: bool = False,
     ) -> None:
         self.name = name
         self.settings = Settings.resolve(
-            nats_url=nats_url, redis_url=redis_url, test=test
+            nats_url=nats_url, redis_url=redis_url, namespace=namespace, test=test
         )
+        self.names = Names(self.settings.namespace)
         self._nats: NatsClient | None = None
         self._redis: redis_asyncio.Redis | None = None
         self._writer: StreamWriter | None = None

@@ -9,6 +9,7 @@ from chirp._errors import UsageError
 
 NATS_URL_VARIABLE = "CHIRP_NATS_URL"
 REDIS_URL_VARIABLE = "CHIRP_REDIS_URL"
+NAMESPACE_VARIABLE = "CHIRP_NAMESPACE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,7 @@ class Settings:
         redis_url: ``redis://host:port/db``.
         publish_attempts: Tries of a durable write before `PublishError`.
         publish_retry_delay: Seconds before the second try; doubles each time.
+        namespace: Prefix of every subject and key; empty by default.
         test: Mark every trace entry as made inside a test.
     """
 
@@ -27,6 +29,7 @@ class Settings:
     redis_url: str
     publish_attempts: int = 5
     publish_retry_delay: float = 0.05
+    namespace: str = ""
     test: bool = False
 
     @classmethod
@@ -35,6 +38,7 @@ class Settings:
         *,
         nats_url: str | None = None,
         redis_url: str | None = None,
+        namespace: str | None = None,
         test: bool = False,
     ) -> Settings:
         """Return settings from the arguments, falling back to the environment.
@@ -58,4 +62,6 @@ class Settings:
                 "set the variable, or use `chirp dev` to start embedded servers"
             )
         assert nats is not None and redis is not None
-        return cls(nats_url=nats, redis_url=redis, test=test)
+        if namespace is None:
+            namespace = os.environ.get(NAMESPACE_VARIABLE, "")
+        return cls(nats_url=nats, redis_url=redis, namespace=namespace, test=test)

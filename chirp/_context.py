@@ -17,7 +17,7 @@ from chirp._ids import new_id
 from chirp._publish import DurableWrite
 from chirp._schema import MessageSpec, message_spec
 from chirp._subscribe import Received, Subscription, TraceEntry, received_from
-from chirp._wire import decode_envelope, stream_key, subject, tail_key
+from chirp._wire import Names, decode_envelope
 from chirp.envelope_pb2 import Envelope
 from chirp.envelope_pb2 import TraceEntry as TraceEntryProto
 
@@ -168,12 +168,13 @@ class Context:
     ) -> Published:
         parameters = spec.parameter_values(body)
         data = self._envelope(spec.name, parameters, body, request_id)
-        write = DurableWrite(stream_key(spec.name), data)
+        names = self._client.names
+        write = DurableWrite(names.stream_key(spec.name), data)
         if spec.tail_ttl_ms:
-            write.tail_key = tail_key(spec.name, parameters)
+            write.tail_key = names.tail_key(spec.name, parameters)
             write.tail_ttl_ms = spec.tail_ttl_ms
         entry_id = await self._client.writer.write(write)
-        await self._announce(subject(spec.name, parameters), data)
+        await self._announce(names.subject(spec.name, parameters), data)
         return Published(request_id, entry_id.decode())
 
     def _envelope(
@@ -227,7 +228,7 @@ class Context:
         spec = message_spec(message)
         values = spec.parameters_from(dict(params or {}))
         subscription: Subscription[M] = Subscription(self._client.nats, [spec])
-        await subscription.start([subject(spec.name, values)])
+        await subscription.start([self._client.names.subject(spec.name, values)])
         return subscription
 
     async def tail_read(
@@ -239,7 +240,7 @@ class Context:
             UsageError: The message keeps no tail, or a parameter is missing.
         """
         spec = message_spec(message)
-        key = _tail_key_of(spec, params)
+        key = _tail_key_of(self._client.names, spec, params)
         data = cast(bytes | None, await self._client.redis.get(key))
         if data is None:
             return None
@@ -263,7 +264,7 @@ class Context:
             ChirpTimeoutError: No newer message came within `timeout` seconds.
         """
         spec = message_spec(message)
-        _tail_key_of(spec, params)
+        _tail_key_of(self._client.names, spec, params)
         async with await self.subscribe(message, params) as subscription:
             try:
                 async with asyncio.timeout(timeout):
@@ -303,7 +304,8 @@ class Context:
             replies.append(message_spec(fail))
         known = dict(zip(spec.parameters, spec.parameter_values(body), strict=True))
         subscription: Subscription[Any] = Subscription(self._client.nats, replies)
-        await subscription.start([_reply_subject(r, known) for r in replies])
+        names = self._client.names
+        await subscription.start([_reply_subject(names, r, known) for r in replies])
         request_id = new_id()
         try:
             async with asyncio.timeout(timeout):
@@ -321,7 +323,7 @@ class Context:
         return received
 
 
-def _tail_key_of(spec: MessageSpec[Any], params: Params | None) -> str:
+def _tail_key_of(names: Names, spec: MessageSpec[Any], params: Params | None) -> str:
     if not spec.tail_ttl_ms:
         raise UsageError(
             f"message {spec.name!r} keeps no tail: it declares no tail_ttl_ms"
@@ -330,11 +332,11 @@ def _tail_key_of(spec: MessageSpec[Any], params: Params | None) -> str:
     missing = [p for p, v in zip(spec.parameters, values, strict=True) if v is None]
     if missing:
         raise UsageError(f"the tail of {spec.name!r} needs parameter(s) {missing}")
-    return tail_key(spec.name, [v for v in values if v is not None])
+    return names.tail_key(spec.name, [v for v in values if v is not None])
 
 
-def _reply_subject(reply: MessageSpec[Any], known: dict[str, str]) -> str:
-    return subject(reply.name, [known.get(p) for p in reply.parameters])
+def _reply_subject(names: Names, reply: MessageSpec[Any], known: dict[str, str]) -> str:
+    return names.subject(reply.name, [known.get(p) for p in reply.parameters])
 
 
 async def _reply_to(subscription: Subscription[Any], request_id: str) -> Received[Any]:

@@ -11,8 +11,10 @@ the caller can do about them::
     ├── OperationError          a business error with a code, raised on purpose
     │   └── MessageFailed       publish-and-wait received the failure message
     ├── InternalError           an operation failed unexpectedly; wraps the cause
+    ├── EmbeddedServerError     an embedded nats-server or valkey-server did not start
     └── UsageError              Chirp was used wrongly (bad schema, wrong type, ...)
-        └── SchemaError         a Protobuf class lacks or misdeclares its Chirp option
+        ├── SchemaError         a Protobuf class lacks or misdeclares its Chirp option
+        └── CodegenError        protoc rejected a .proto, or generated code is stale
 
 Control signals are not errors and live elsewhere.
 """

@@ -11,11 +11,9 @@ from collections.abc import Iterable, Sequence
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from chirp._errors import DecodeError
+from chirp._errors import DecodeError, UsageError
 from chirp.envelope_pb2 import Envelope
 
-SUBJECT_PREFIX = "chirp.msg"
-KEY_PREFIX = "chirp"
 ENVELOPE_FIELD = b"e"
 EMPTY_TOKEN = "_"
 WILDCARD = "*"
@@ -67,45 +65,60 @@ def unescape(token: str) -> str:
         raise DecodeError(f"token {token!r} does not decode to UTF-8") from error
 
 
-def subject(name: str, parameters: Iterable[str | None]) -> str:
-    """Return the NATS subject of a message; a None parameter becomes a wildcard."""
-    tokens = [WILDCARD if p is None else escape(p) for p in parameters]
-    return ".".join([SUBJECT_PREFIX, name, *tokens])
+_NAMESPACE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
-def stream_key(name: str) -> str:
-    """Return the Redis Stream that holds every message of one name."""
-    return f"{KEY_PREFIX}:stream:{name}"
+class Names:
+    """Subjects and keys of one namespace.
 
+    A namespace lets several systems (or test runs) share one NATS and one Redis without
+    seeing each other's messages. The default namespace is empty.
 
-def tail_key(name: str, parameters: Sequence[str]) -> str:
-    """Return the Redis key that holds the tail of one parameter set."""
-    return ":".join([KEY_PREFIX, "tail", name, *(escape(p) for p in parameters)])
+    Raises:
+        UsageError: The namespace is not kebab-case.
+    """
 
+    __slots__ = ("_keys", "_subjects", "namespace")
 
-def dead_letter_key(worker: str) -> str:
-    """Return the Redis Stream that holds a worker's dead letters."""
-    return f"{KEY_PREFIX}:dead:{worker}"
+    def __init__(self, namespace: str = "") -> None:
+        if namespace and not _NAMESPACE.match(namespace):
+            raise UsageError(f"namespace {namespace!r} must be kebab-case")
+        self.namespace = namespace
+        self._subjects = f"chirp.{namespace}.msg" if namespace else "chirp.msg"
+        self._keys = f"chirp:{namespace}" if namespace else "chirp"
 
+    def subject(self, name: str, parameters: Iterable[str | None]) -> str:
+        """Return the NATS subject of a message; a None parameter is a wildcard."""
+        tokens = [WILDCARD if p is None else escape(p) for p in parameters]
+        return ".".join([self._subjects, name, *tokens])
 
-def retry_key(worker: str) -> str:
-    """Return the sorted set of a worker's scheduled retries (score: due time in ms)."""
-    return f"{KEY_PREFIX}:retry:{worker}"
+    def stream_key(self, name: str) -> str:
+        """Return the Redis Stream that holds every message of one name."""
+        return f"{self._keys}:stream:{name}"
 
+    def tail_key(self, name: str, parameters: Sequence[str]) -> str:
+        """Return the Redis key that holds the tail of one parameter set."""
+        return ":".join([self._keys, "tail", name, *(escape(p) for p in parameters)])
 
-def attempts_key(worker: str) -> str:
-    """Return the hash of failed attempts per stream entry id of a worker."""
-    return f"{KEY_PREFIX}:attempts:{worker}"
+    def dead_letter_key(self, worker: str) -> str:
+        """Return the Redis Stream that holds a worker's dead letters."""
+        return f"{self._keys}:dead:{worker}"
 
+    def retry_key(self, worker: str) -> str:
+        """Return the sorted set of a worker's scheduled retries (score: due ms)."""
+        return f"{self._keys}:retry:{worker}"
 
-def owners_key(worker: str) -> str:
-    """Return the hash naming the consumer that runs a scheduled retry right now."""
-    return f"{KEY_PREFIX}:owner:{worker}"
+    def attempts_key(self, worker: str) -> str:
+        """Return the hash of failed attempts per stream entry id of a worker."""
+        return f"{self._keys}:attempts:{worker}"
 
+    def owners_key(self, worker: str) -> str:
+        """Return the hash naming the consumer running each scheduled retry."""
+        return f"{self._keys}:owner:{worker}"
 
-def stats_key(worker: str) -> str:
-    """Return the hash of a worker's counters (retries, dead letters)."""
-    return f"{KEY_PREFIX}:stats:{worker}"
+    def stats_key(self, worker: str) -> str:
+        """Return the hash of a worker's counters (retries, dead letters, lost)."""
+        return f"{self._keys}:stats:{worker}"
 
 
 def encode_envelope(envelope: Envelope) -> bytes:

@@ -1,0 +1,5 @@
+"""`python -m chirp`: the same as the `chirp` command."""
+
+from chirp._cli import main
+
+main()

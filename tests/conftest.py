@@ -1,0 +1,3 @@
+"""Shared fixtures: the Chirp pytest plugin with its session-wide servers."""
+
+pytest_plugins = ["chirp.testing"]
