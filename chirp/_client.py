@@ -56,6 +56,7 @@ class Client:
         self._nats: NatsClient | None = None
         self._redis: redis_asyncio.Redis | None = None
         self._writer: StreamWriter | None = None
+        self._closing = False
 
     async def connect(self) -> Self:
         """Open both connections.
@@ -95,6 +96,7 @@ class Client:
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
+        self._closing = True
         if self._nats is not None:
             nc, self._nats = self._nats, None
             try:
@@ -152,7 +154,9 @@ class Client:
         logger.warning("NATS error: %s", error)
 
     async def _on_nats_disconnected(self) -> None:
-        logger.warning("NATS disconnected; reconnecting")
+        if not self._closing:
+            logger.warning("NATS disconnected; reconnecting")
 
     async def _on_nats_reconnected(self) -> None:
-        logger.info("NATS reconnected to %s", self.nats.connected_url)
+        if self._nats is not None:
+            logger.info("NATS reconnected to %s", self._nats.connected_url)

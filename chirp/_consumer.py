@@ -38,10 +38,9 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-# How long one XREADGROUP blocks: also how long a stop waits for the read to return.
+# Longest XREADGROUP block: also how long a stop waits for the read to return, and
+# the latest a retry scheduled during the block starts after it is due.
 READ_BLOCK_MS = 1000
-# Longest sleep of the retry poller when nothing is due sooner.
-RETRY_POLL_SECONDS = 1.0
 # An idle time far beyond any lease, but below "now" so Redis keeps it as given.
 HANDBACK_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 _ERROR_PAUSE_SECONDS = 0.5
@@ -102,13 +101,14 @@ class Consumer:
         self._renew_pending = self._redis.register_script(RENEW_PENDING)
         self._renew_scheduled = self._redis.register_script(RENEW_SCHEDULED)
         self._running: dict[asyncio.Task[None], _Entry] = {}
-        self._reserved = 0
         self._slot_freed = asyncio.Event()
-        self._retry_wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._acks: list[str] = []
         self._ack_flusher: asyncio.Task[None] | None = None
-        self._loops: list[asyncio.Task[None]] = []
+        self._fetcher: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._reclaim_cursor = "0-0"
+        self._next_reclaim_ms = 0
         self.stats = ConsumerStats()
 
     @property
@@ -122,38 +122,35 @@ class Consumer:
         return len(self._running)
 
     async def start(self) -> None:
-        """Create the consumer group if needed and start reading."""
+        """Create the consumer group if needed and start consuming."""
         await self._ensure_group()
-        self._loops = [
-            asyncio.create_task(self._guarded(self._read_loop), name="read"),
-            asyncio.create_task(self._guarded(self._retry_loop), name="retry"),
-            asyncio.create_task(self._guarded(self._reclaim_loop), name="reclaim"),
-            asyncio.create_task(self._guarded(self._lease_loop), name="lease"),
-        ]
+        self._fetcher = asyncio.create_task(self._guarded(self._fetch_loop))
+        self._renewer = asyncio.create_task(self._guarded(self._lease_loop))
 
     async def stop(self, grace: float) -> None:
-        """Stop reading, let handlers finish within `grace` seconds, hand back the rest.
+        """Stop taking entries, let handlers finish within `grace` seconds, hand back.
 
         Handlers still running after the grace period are cancelled; their entries are
         handed back at once for another consumer, and the cancellation does not count as
         a failed attempt.
         """
         self._stopping.set()
-        self._retry_wakeup.set()
         self._slot_freed.set()
-        await asyncio.gather(*self._loops[:3], return_exceptions=True)
+        if self._fetcher is not None:
+            await asyncio.gather(self._fetcher, return_exceptions=True)
         if self._running:
             await asyncio.wait(list(self._running), timeout=grace)
         leftover = dict(self._running)
         for task in leftover:
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
-        self._loops[3].cancel()
-        await asyncio.gather(self._loops[3], return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
         await self._hand_back(list(leftover.values()))
         await self._flush_acks_now()
 
-    # Loops -------------------------------------------------------------------------
+    # Taking entries ----------------------------------------------------------------
 
     async def _guarded(self, loop: Callable[[], Any]) -> None:
         """Run a loop until stop; a Redis error pauses it instead of ending it."""
@@ -169,114 +166,85 @@ class Consumer:
                 )
                 await self._pause(_ERROR_PAUSE_SECONDS)
 
-    async def _read_loop(self) -> None:
-        while not self._stopping.is_set():
-            reserved = await self._reserve(self._worker.batch)
-            if reserved == 0:
-                continue
-            try:
-                reply = await self._read(reserved)
-            finally:
-                self._release(reserved)
-            for entry_id, fields in reply:
-                self._start(_Entry(entry_id, fields.get(ENVELOPE_FIELD), False, 1))
+    async def _fetch_loop(self) -> None:
+        """Fill free handler slots: due retries first, then idle entries, then new ones.
 
-    async def _read(self, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        One loop takes from all three sources, so the concurrency limit holds without
+        coordination, and the blocking read never waits past the next due retry.
+        """
+        while True:
+            free = await self._free_slots()
+            if free == 0:
+                return
+            now_ms = self._now_ms()
+            next_due_ms, taken = await self._take_due(now_ms, free)
+            free -= taken
+            if free and now_ms >= self._next_reclaim_ms:
+                free -= await self._take_idle(free)
+            if free:
+                block_ms = READ_BLOCK_MS
+                if next_due_ms is not None:
+                    block_ms = max(1, min(block_ms, next_due_ms - now_ms))
+                await self._take_new(min(free, self._worker.batch), block_ms)
+
+    async def _take_new(self, count: int, block_ms: int) -> None:
         try:
             reply: Any = await self._redis.xreadgroup(
                 self._group,
                 self._consumer,
                 {self._stream: ">"},
                 count=count,
-                block=READ_BLOCK_MS,
+                block=block_ms,
             )
         except ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
             await self._ensure_group()
-            return []
-        if not reply:
-            return []
-        return [(i.decode(), f) for i, f in reply[0][1]]
+            return
+        for entry_id, fields in reply[0][1] if reply else []:
+            self._start(_Entry(entry_id.decode(), fields.get(ENVELOPE_FIELD), False, 1))
 
-    async def _retry_loop(self) -> None:
-        while not self._stopping.is_set():
-            reserved = await self._reserve(self._worker.batch)
-            if reserved == 0:
-                continue
-            now_ms = self._now_ms()
-            try:
-                claimed = await self._claim_due(
-                    keys=[self._retry, self._attempts, self._owners],
-                    args=[now_ms, self._lease_ms, reserved, self._consumer],
-                )
-                entries = await self._fetch_scheduled(claimed)
-            finally:
-                self._release(reserved)
-            for entry in entries:
-                self._start(entry)
-            if not claimed:
-                await self._sleep_until_next_due(now_ms)
-
-    async def _fetch_scheduled(self, claimed: list[bytes]) -> list[_Entry]:
-        """Read the stream entries of claimed retries; dead-letter the vanished ones."""
+    async def _take_due(self, now_ms: int, free: int) -> tuple[int | None, int]:
+        """Start due retries; return when the next is due (or None) and how many ran."""
+        reply: Any = await self._claim_due(
+            keys=[self._retry, self._attempts, self._owners],
+            args=[now_ms, self._lease_ms, free, self._consumer],
+        )
+        next_due = None if int(reply[0]) < 0 else int(reply[0])
+        claimed = reply[1:]
         if not claimed:
-            return []
+            return next_due, 0
         ids = [claimed[i].decode() for i in range(0, len(claimed), 2)]
         failures = [int(claimed[i]) for i in range(1, len(claimed), 2)]
         pipe = self._redis.pipeline(transaction=False)
         for entry_id in ids:
             pipe.xrange(self._stream, entry_id, entry_id, count=1)
         replies = await pipe.execute()
-        entries = []
-        for entry_id, failed, reply in zip(ids, failures, replies, strict=True):
-            data = reply[0][1].get(ENVELOPE_FIELD) if reply else None
+        for entry_id, failed, found in zip(ids, failures, replies, strict=True):
+            data = found[0][1].get(ENVELOPE_FIELD) if found else None
             entry = _Entry(entry_id, data, True, failed + 1)
-            if reply:
-                entries.append(entry)
+            if found:
+                self._start(entry)
             else:
                 await self._dead_letter(entry, "the stream entry no longer exists")
-        return entries
+        return next_due, len(ids)
 
-    async def _sleep_until_next_due(self, now_ms: int) -> None:
-        first: Any = await self._redis.zrange(self._retry, 0, 0, withscores=True)
-        wait = RETRY_POLL_SECONDS
-        if first:
-            wait = min(wait, max(0.0, (first[0][1] - now_ms) / 1000))
-        self._retry_wakeup.clear()
-        await self._pause(wait, wake=self._retry_wakeup)
-
-    async def _reclaim_loop(self) -> None:
-        cursor = "0-0"
-        while not self._stopping.is_set():
-            reserved = await self._reserve(self._worker.batch)
-            if reserved == 0:
-                continue
-            try:
-                cursor, entries, deleted = await self._autoclaim(cursor, reserved)
-            finally:
-                self._release(reserved)
-            for entry_id, fields in entries:
-                self._start(_Entry(entry_id, fields.get(ENVELOPE_FIELD), False, 1))
-            if deleted:
-                await self._count_lost(deleted)
-            if cursor == "0-0":
-                await self._pause(self._worker.lease / 2)
-
-    async def _autoclaim(
-        self, cursor: str, count: int
-    ) -> tuple[str, list[tuple[str, dict[bytes, bytes]]], list[str]]:
+    async def _take_idle(self, free: int) -> int:
+        """Take over entries whose consumer stopped renewing their lease."""
         reply: Any = await self._redis.xautoclaim(
             self._stream,
             self._group,
             self._consumer,
             min_idle_time=self._lease_ms,
-            start_id=cursor,
-            count=count,
+            start_id=self._reclaim_cursor,
+            count=free,
         )
-        next_cursor = reply[0].decode()
+        self._reclaim_cursor = reply[0].decode()
+        if self._reclaim_cursor == "0-0":
+            self._next_reclaim_ms = self._now_ms() + self._lease_ms // 2
         entries = [(i.decode(), f) for i, f in reply[1] if f is not None]
-        deleted = [i.decode() for i in reply[2]] if len(reply) > 2 else []
+        for entry_id, fields in entries:
+            self._start(_Entry(entry_id, fields.get(ENVELOPE_FIELD), False, 1))
         if entries:
             logger.info(
                 "worker %s: took over %d entries idle longer than the %ss lease",
@@ -285,7 +253,10 @@ class Consumer:
                 self._worker.lease,
                 extra={"worker": self.name},
             )
-        return next_cursor, entries, deleted
+        deleted = reply[2] if len(reply) > 2 else []
+        if deleted:
+            await self._count_lost(len(deleted))
+        return len(entries)
 
     async def _lease_loop(self) -> None:
         while True:
@@ -423,7 +394,6 @@ class Consumer:
         if not entry.scheduled:
             pipe.xack(self._stream, self._group, entry.entry_id)
         await pipe.execute()
-        self._retry_wakeup.set()
 
     async def _dead_letter(self, entry: _Entry, reason: str) -> None:
         self.stats.dead += 1
@@ -454,15 +424,15 @@ class Consumer:
         pipe.hincrby(self._stats, "dead_letters", 1)
         await pipe.execute()
 
-    async def _count_lost(self, deleted: list[str]) -> None:
+    async def _count_lost(self, count: int) -> None:
         logger.warning(
             "worker %s: %d pending entries were deleted from %s before handling",
             self.name,
-            len(deleted),
+            count,
             self._stream,
             extra={"worker": self.name},
         )
-        await self._redis.hincrby(self._stats, "lost", len(deleted))
+        await self._redis.hincrby(self._stats, "lost", count)
 
     # Acks and hand-back ------------------------------------------------------------
 
@@ -543,35 +513,22 @@ class Consumer:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    async def _reserve(self, most: int) -> int:
-        """Wait for free handler slots and reserve up to `most`; 0 once stopping.
-
-        Each loop reserves before its Redis call and releases right before starting the
-        entries it got, so loops running side by side never exceed the concurrency.
-        """
+    async def _free_slots(self) -> int:
+        """Wait for a free handler slot; return how many are free, or 0 once stopping."""
         while not self._stopping.is_set():
-            free = self._worker.concurrency - len(self._running) - self._reserved
+            free = self._worker.concurrency - len(self._running)
             if free > 0:
-                taken = min(free, most)
-                self._reserved += taken
-                return taken
+                return free
             self._slot_freed.clear()
             await self._slot_freed.wait()
         return 0
 
-    def _release(self, reserved: int) -> None:
-        self._reserved -= reserved
-
-    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
-        """Sleep up to `seconds`, returning early on stop or when `wake` is set."""
-        waiters = [asyncio.create_task(self._stopping.wait())]
-        if wake is not None:
-            waiters.append(asyncio.create_task(wake.wait()))
+    async def _pause(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning early on stop."""
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when="FIRST_COMPLETED")
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -9,10 +9,11 @@ from __future__ import annotations
 # that exactly one consumer runs each, and a crashed owner's entry becomes due again.
 # KEYS: retry zset, attempts hash, owners hash
 # ARGV: now_ms, lease_ms, limit, consumer
-# Returns: flat list id, failed_attempts, id, failed_attempts, ...
+# Returns: the score of the first entry left after claiming (-1 if none), then
+# id, failed_attempts, id, failed_attempts, ...
 CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local out = {}
+local out = {-1}
 local lease_end = tonumber(ARGV[1]) + tonumber(ARGV[2])
 for _, id in ipairs(due) do
   redis.call('ZADD', KEYS[1], lease_end, id)
@@ -20,6 +21,8 @@ for _, id in ipairs(due) do
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGET', KEYS[2], id) or '0'
 end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] then out[1] = tonumber(first[2]) end
 return out
 """
 

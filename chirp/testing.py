@@ -12,16 +12,31 @@ It provides:
 - `unique_name`: a fresh kebab-case name such as `t-3f9a1c` for each test. Tests share
   the servers, so they keep apart by naming their messages, streams and workers with
   it instead of flushing the database.
+- `client`: a connected `chirp.Client` in a namespace of its own (a `unique_name`), so
+  every subject and key of one test is apart from every other test's.
+- `running_workers`: run workers in-process for the length of an ``async with``.
 """
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
+from chirp._client import Client
 from chirp._embedded import EmbeddedServers, embedded_servers_sync
+from chirp._host import WorkerHost
+from chirp._worker import Worker
 
-__all__ = ["EmbeddedServers", "new_unique_name", "servers", "unique_name"]
+__all__ = [
+    "EmbeddedServers",
+    "client",
+    "new_unique_name",
+    "running_workers",
+    "servers",
+    "unique_name",
+]
 
 _issued_names: set[str] = set()
 
@@ -52,3 +67,35 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer
 def unique_name() -> str:
     """Return a kebab-case name no other test in this session received."""
     return new_unique_name()
+
+
+@pytest.fixture
+async def client(servers: EmbeddedServers, unique_name: str) -> AsyncIterator[Client]:
+    """Return a client connected to the session's servers, in a namespace of its own."""
+    async with Client(
+        "test",
+        nats_url=servers.nats_url,
+        redis_url=servers.redis_url,
+        namespace=unique_name,
+        test=True,
+    ) as connected:
+        yield connected
+
+
+@asynccontextmanager
+async def running_workers(
+    client: Client, *workers: Worker[Any], grace: float = 5.0
+) -> AsyncIterator[WorkerHost]:
+    """Run `workers` in this process until the block ends, then drain them.
+
+    Args:
+        client: The connected client the workers use.
+        workers: The workers to run.
+        grace: Seconds in-flight handlers get to finish when the block ends.
+    """
+    host = WorkerHost(client, workers, grace=grace)
+    await host.start()
+    try:
+        yield host
+    finally:
+        await host.drain()
