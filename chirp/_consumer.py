@@ -514,7 +514,7 @@ class Consumer:
                 raise
 
     async def _free_slots(self) -> int:
-        """Wait for a free handler slot; return how many are free, or 0 once stopping."""
+        """Wait for a free handler slot; return how many are free, 0 once stopping."""
         while not self._stopping.is_set():
             free = self._worker.concurrency - len(self._running)
             if free > 0:
