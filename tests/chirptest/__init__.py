@@ -1,0 +1,1 @@
+"""Messages and workers used by Chirp's own test suite."""

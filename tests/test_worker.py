@@ -1,0 +1,282 @@
+"""Workers against real servers: retries, dead letters, backlog, sharing, shutdown."""
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+from chirptest.messages_pb2 import Ping, PingDone
+
+import chirp
+from chirp import Backoff, Client, Context
+from chirp.envelope_pb2 import Envelope
+from chirp.testing import running_workers
+
+
+class _Ceiling(random.Random):
+    """Jitter that always picks the largest delay, so the schedule is exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def _pending(client: Client, group: str) -> int:
+    stream = client.names.stream_key("test-ping")
+    summary = await client.redis.xpending(stream, group)
+    return int(summary["pending"])
+
+
+async def test_failing_handler_is_retried_with_backoff(
+    client: Client, unique_name: str
+) -> None:
+    starts: list[tuple[int, float]] = []
+
+    @chirp.worker(name=unique_name, backoff=Backoff(base=0.2, cap=5, rng=_Ceiling()))
+    async def flaky(ctx: Context, msg: Ping) -> None:
+        starts.append((ctx.attempt, time.monotonic()))
+        if ctx.attempt <= msg.fail_times:
+            raise RuntimeError("dependency down")
+        await ctx.msg(PingDone(key=msg.key, attempt=ctx.attempt))
+
+    async with running_workers(client, flaky):
+        done = await client.context().publish_wait(
+            Ping(key="k", fail_times=2), PingDone, timeout=10
+        )
+
+    assert done.body.attempt == 3
+    assert [attempt for attempt, _ in starts] == [1, 2, 3]
+    gaps = [later[1] - earlier[1] for earlier, later in zip(starts, starts[1:])]
+    # The ceilings are 0.2 s then 0.4 s; schedule times are whole milliseconds.
+    assert gaps[0] >= 0.199
+    assert gaps[1] >= 0.399
+    stats = await client.redis.hgetall(client.names.stats_key(unique_name))
+    assert stats[b"retries"] == b"2"
+    assert await client.redis.zcard(client.names.retry_key(unique_name)) == 0
+
+
+async def test_undecodable_entries_are_dead_lettered_and_the_next_is_handled(
+    client: Client, unique_name: str
+) -> None:
+    handled: list[str] = []
+
+    @chirp.worker(name=unique_name)
+    async def record(ctx: Context, msg: Ping) -> None:
+        handled.append(msg.key)
+
+    stream = client.names.stream_key("test-ping")
+    wrong_body = Envelope(name="test-ping", body=b"\xff\xff\xff")
+    await client.redis.xadd(stream, {b"e": b"\xff\x00 not protobuf"})
+    await client.redis.xadd(stream, {b"other": b"field"})
+    await client.redis.xadd(stream, {b"e": wrong_body.SerializeToString()})
+    await client.context().msg(Ping(key="good"))
+
+    async with running_workers(client, record):
+        await _wait_for(lambda: handled == ["good"])
+        dead_key = client.names.dead_letter_key(unique_name)
+        await _wait_for_async(lambda: client.redis.xlen(dead_key), 3)
+
+    dead = await client.redis.xrange(client.names.dead_letter_key(unique_name))
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert "not a Chirp envelope" in reasons[0]
+    assert "no 'e' field" in reasons[1]
+    assert "does not parse as chirptest.Ping" in reasons[2]
+    assert await _pending(client, unique_name) == 0
+
+
+async def _wait_for_async(read: Any, expected: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await read() != expected:
+        assert time.monotonic() < deadline, f"never reached {expected!r}"
+        await asyncio.sleep(0.02)
+
+
+async def test_backlog_published_before_the_worker_existed_is_handled(
+    client: Client, unique_name: str
+) -> None:
+    ctx = client.context()
+    for index in range(50):
+        await ctx.msg(Ping(key=str(index)))
+    handled: set[str] = set()
+
+    @chirp.worker(name=unique_name)
+    async def late(ctx: Context, msg: Ping) -> None:
+        handled.add(msg.key)
+
+    async with running_workers(client, late):
+        await _wait_for(lambda: len(handled) == 50)
+    assert handled == {str(i) for i in range(50)}
+
+
+async def test_two_workers_each_get_every_message_and_instances_share(
+    client: Client, unique_name: str
+) -> None:
+    seen: dict[str, list[str]] = {"audit": [], "mail-1": [], "mail-2": []}
+
+    def make(name: str, label: str) -> chirp.Worker[Ping]:
+        @chirp.worker(name=name, concurrency=1)
+        async def handle(ctx: Context, msg: Ping) -> None:
+            await asyncio.sleep(0.005)
+            seen[label].append(msg.key)
+
+        return handle
+
+    audit = make(f"{unique_name}-audit", "audit")
+    mail_1 = make(f"{unique_name}-mail", "mail-1")
+    mail_2 = make(f"{unique_name}-mail", "mail-2")
+    async with (
+        running_workers(client, audit),
+        running_workers(client, mail_1),
+        running_workers(client, mail_2),
+    ):
+        ctx = client.context()
+        for index in range(40):
+            await ctx.msg(Ping(key=str(index)))
+        await _wait_for(lambda: len(seen["mail-1"]) + len(seen["mail-2"]) == 40)
+        await _wait_for(lambda: len(seen["audit"]) == 40)
+
+    everything = {str(i) for i in range(40)}
+    assert set(seen["audit"]) == everything
+    assert sorted(seen["mail-1"] + seen["mail-2"], key=int) == sorted(
+        everything, key=int
+    )
+    assert seen["mail-1"] and seen["mail-2"]
+
+
+async def test_attempt_limit_sends_the_message_to_dead_letters(
+    client: Client, unique_name: str
+) -> None:
+    @chirp.worker(
+        name=unique_name, backoff=Backoff(base=0.01, cap=0.02, max_attempts=2)
+    )
+    async def hopeless(ctx: Context, msg: Ping) -> None:
+        raise ValueError(f"cannot handle {msg.key}")
+
+    await client.context().msg(Ping(key="doomed"))
+    dead_key = client.names.dead_letter_key(unique_name)
+    async with running_workers(client, hopeless):
+        await _wait_for_async(lambda: client.redis.xlen(dead_key), 1)
+
+    [(_, fields)] = await client.redis.xrange(dead_key)
+    assert fields[b"attempts"] == b"2"
+    assert (
+        b"gave up after attempt 2: ValueError: cannot handle doomed"
+        in fields[b"reason"]
+    )
+    assert Envelope.FromString(fields[b"envelope"]).name == "test-ping"
+    assert await client.redis.zcard(client.names.retry_key(unique_name)) == 0
+    assert await client.redis.hlen(client.names.attempts_key(unique_name)) == 0
+
+
+async def test_stop_lets_in_flight_handlers_finish(
+    client: Client, unique_name: str
+) -> None:
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    @chirp.worker(name=unique_name)
+    async def slow(ctx: Context, msg: Ping) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.append(msg.key)
+
+    async with running_workers(client, slow, grace=5):
+        await client.context().msg(Ping(key="x"))
+        await asyncio.wait_for(started.wait(), 5)
+
+    assert finished == ["x"]
+    assert await _pending(client, unique_name) == 0
+
+
+async def test_stop_hands_back_unfinished_work_without_counting_an_attempt(
+    client: Client, unique_name: str
+) -> None:
+    attempts: list[int] = []
+    first_started = asyncio.Event()
+
+    @chirp.worker(name=unique_name, lease=60)
+    async def long(ctx: Context, msg: Ping) -> None:
+        attempts.append(ctx.attempt)
+        if len(attempts) == 1:
+            first_started.set()
+            await asyncio.sleep(60)
+
+    async with running_workers(client, long, grace=0.1):
+        await client.context().msg(Ping(key="x"))
+        await asyncio.wait_for(first_started.wait(), 5)
+
+    # A lease of 60 s: only the hand-back can make the entry available this soon.
+    async with running_workers(client, long):
+        await _wait_for(lambda: len(attempts) == 2, timeout=5)
+    assert attempts == [1, 1]
+    assert await _pending(client, unique_name) == 0
+    assert await client.redis.zcard(client.names.retry_key(unique_name)) == 0
+
+
+async def test_retry_schedule_survives_a_restart_of_the_host(
+    client: Client, unique_name: str
+) -> None:
+    starts: list[tuple[int, float]] = []
+    failed = asyncio.Event()
+
+    @chirp.worker(name=unique_name, backoff=Backoff(base=1.0, rng=_Ceiling()))
+    async def once_broken(ctx: Context, msg: Ping) -> None:
+        starts.append((ctx.attempt, time.monotonic()))
+        if ctx.attempt == 1:
+            failed.set()
+            raise RuntimeError("first try fails")
+
+    async with running_workers(client, once_broken):
+        await client.context().msg(Ping(key="x"))
+        await asyncio.wait_for(failed.wait(), 5)
+
+    async with running_workers(client, once_broken):
+        await _wait_for(lambda: len(starts) == 2, timeout=5)
+    assert [attempt for attempt, _ in starts] == [1, 2]
+    assert starts[1][1] - starts[0][1] >= 0.99
+
+
+async def test_long_handler_keeps_its_lease_and_runs_once(
+    client: Client, unique_name: str
+) -> None:
+    runs: list[str] = []
+
+    @chirp.worker(name=unique_name, lease=0.6)
+    async def long(ctx: Context, msg: Ping) -> None:
+        runs.append(msg.key)
+        await asyncio.sleep(2.0)
+
+    async with running_workers(client, long), running_workers(client, long):
+        await client.context().msg(Ping(key="x"))
+        await _wait_for(lambda: len(runs) == 1)
+        await asyncio.sleep(2.3)
+    assert runs == ["x"]
+    assert await _pending(client, unique_name) == 0
+
+
+def test_worker_declaration_errors() -> None:
+    with pytest.raises(chirp.UsageError, match="must be an async function"):
+
+        @chirp.worker
+        def not_async(ctx: Context, msg: Ping) -> None:  # type: ignore[arg-type]
+            pass
+
+    with pytest.raises(chirp.SchemaError, match="no \\(chirp.message\\) option"):
+        from chirptest.messages_pb2 import Plain
+
+        @chirp.worker
+        async def plain(ctx: Context, msg: Plain) -> None:
+            pass
+
+    with pytest.raises(chirp.UsageError, match="kebab-case"):
+
+        @chirp.worker(name="Not_Kebab")
+        async def named(ctx: Context, msg: Ping) -> None:
+            pass
