@@ -36,8 +36,10 @@ def start_host(
         }
         log = open(tmp_path / f"host-{len(processes)}.log", "wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "chirp", "run", "--path", str(TESTS)]
-            + ["--grace", "10", "chirptest.workers"],
+            [
+                *(sys.executable, "-m", "chirp", "run", "--path", str(TESTS)),
+                *("--grace", "10", "chirptest.workers"),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
 """Workers against real servers: retries, dead letters, backlog, sharing, shutdown."""
 
 import asyncio
+import itertools
 import random
 import time
 from typing import Any
@@ -53,7 +54,7 @@ async def test_failing_handler_is_retried_with_backoff(
 
     assert done.body.attempt == 3
     assert [attempt for attempt, _ in starts] == [1, 2, 3]
-    gaps = [later[1] - earlier[1] for earlier, later in zip(starts, starts[1:])]
+    gaps = [later[1] - earlier[1] for earlier, later in itertools.pairwise(starts)]
     # The ceilings are 0.2 s then 0.4 s; schedule times are whole milliseconds.
     assert gaps[0] >= 0.199
     assert gaps[1] >= 0.399
@@ -268,7 +269,7 @@ def test_worker_declaration_errors() -> None:
         def not_async(ctx: Context, msg: Ping) -> None:  # type: ignore[arg-type]
             pass
 
-    with pytest.raises(chirp.SchemaError, match="no \\(chirp.message\\) option"):
+    with pytest.raises(chirp.SchemaError, match=r"no \(chirp.message\) option"):
         from chirptest.messages_pb2 import Plain
 
         @chirp.worker

@@ -1,7 +1,7 @@
 """Workers that test processes run with ``chirp run chirptest.workers``.
 
-Their behaviour is steered by the message: `sleep` seconds on the first start of a key
-(counted in Redis, so a second process can tell it is the second start), then completion.
+The message steers them: `sleep` seconds on the first start of a key (counted in Redis,
+so a second process can tell it is the second start), then the completion.
 """
 
 import asyncio
