@@ -126,3 +126,12 @@ def test_chirp_generated_files_are_current() -> None:
         "options_pb2.py",
         "options_pb2.pyi",
     ]
+
+
+@pytest.mark.parametrize("tree", ["examples", "tests"])
+def test_committed_generated_files_are_current(tree: str) -> None:
+    root = Path(__file__).parent.parent / tree
+
+    files = generate(root, check=True)
+
+    assert any(path.name.endswith("_pb2.py") for path in files)
