@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,8 +39,8 @@ logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-# Longest XREADGROUP block: also how long a stop waits for the read to return, and
-# the latest a retry scheduled during the block starts after it is due.
+# Longest XREADGROUP block, and so how long a stop waits for the read to return; also
+# the longest sleep of the retry poller.
 READ_BLOCK_MS = 1000
 # An idle time far beyond any lease, but below "now" so Redis keeps it as given.
 HANDBACK_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
@@ -101,11 +102,13 @@ class Consumer:
         self._renew_pending = self._redis.register_script(RENEW_PENDING)
         self._renew_scheduled = self._redis.register_script(RENEW_SCHEDULED)
         self._running: dict[asyncio.Task[None], _Entry] = {}
+        self._waiting: deque[_Entry] = deque()
         self._slot_freed = asyncio.Event()
+        self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._acks: list[str] = []
         self._ack_flusher: asyncio.Task[None] | None = None
-        self._fetcher: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._renewer: asyncio.Task[None] | None = None
         self._reclaim_cursor = "0-0"
         self._next_reclaim_ms = 0
@@ -124,20 +127,25 @@ class Consumer:
     async def start(self) -> None:
         """Create the consumer group if needed and start consuming."""
         await self._ensure_group()
-        self._fetcher = asyncio.create_task(self._guarded(self._fetch_loop))
+        self._loops = [
+            asyncio.create_task(self._guarded(self._read_loop)),
+            asyncio.create_task(self._guarded(self._schedule_loop)),
+        ]
         self._renewer = asyncio.create_task(self._guarded(self._lease_loop))
 
     async def stop(self, grace: float) -> None:
         """Stop taking entries, let handlers finish within `grace` seconds, hand back.
 
-        Handlers still running after the grace period are cancelled; their entries are
-        handed back at once for another consumer, and the cancellation does not count as
-        a failed attempt.
+        Handlers still running after the grace period are cancelled; their entries, and
+        those taken but not started, are handed back at once for another consumer. The
+        cancellation does not count as a failed attempt.
         """
         self._stopping.set()
+        self._wakeup.set()
         self._slot_freed.set()
-        if self._fetcher is not None:
-            await asyncio.gather(self._fetcher, return_exceptions=True)
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        unstarted = list(self._waiting)
+        self._waiting.clear()
         if self._running:
             await asyncio.wait(list(self._running), timeout=grace)
         leftover = dict(self._running)
@@ -147,7 +155,7 @@ class Consumer:
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
-        await self._hand_back(list(leftover.values()))
+        await self._hand_back([*unstarted, *leftover.values()])
         await self._flush_acks_now()
 
     # Taking entries ----------------------------------------------------------------
@@ -166,26 +174,29 @@ class Consumer:
                 )
                 await self._pause(_ERROR_PAUSE_SECONDS)
 
-    async def _fetch_loop(self) -> None:
-        """Fill free handler slots: due retries first, then idle entries, then new ones.
+    async def _read_loop(self) -> None:
+        """Take new entries from the stream while handler slots are free."""
+        while free := await self._free_slots():
+            await self._take_new(min(free, self._worker.batch), READ_BLOCK_MS)
 
-        One loop takes from all three sources, so the concurrency limit holds without
-        coordination, and the blocking read never waits past the next due retry.
+    async def _schedule_loop(self) -> None:
+        """Take due retries, and now and then entries idle past their lease.
+
+        Runs beside the blocking read, so a retry starts when it is due, not when the
+        read returns; a retry this consumer schedules wakes it up on time.
         """
-        while True:
-            free = await self._free_slots()
-            if free == 0:
-                return
+        while free := await self._free_slots():
+            self._wakeup.clear()
             now_ms = self._now_ms()
             next_due_ms, taken = await self._take_due(now_ms, free)
-            free -= taken
-            if free and now_ms >= self._next_reclaim_ms:
-                free -= await self._take_idle(free)
-            if free:
-                block_ms = READ_BLOCK_MS
-                if next_due_ms is not None:
-                    block_ms = max(1, min(block_ms, next_due_ms - now_ms))
-                await self._take_new(min(free, self._worker.batch), block_ms)
+            if free > taken and now_ms >= self._next_reclaim_ms:
+                taken += await self._take_idle(free - taken)
+            if taken:
+                continue
+            wait_ms = min(READ_BLOCK_MS, self._next_reclaim_ms - now_ms)
+            if next_due_ms is not None:
+                wait_ms = min(wait_ms, next_due_ms - now_ms)
+            await self._pause(max(wait_ms, 1) / 1000, until=self._wakeup)
 
     async def _take_new(self, count: int, block_ms: int) -> None:
         try:
@@ -202,7 +213,7 @@ class Consumer:
             await self._ensure_group()
             return
         for entry_id, fields in reply[0][1] if reply else []:
-            self._start(_Entry(entry_id.decode(), fields.get(ENVELOPE_FIELD), False, 1))
+            self._take(_Entry(entry_id.decode(), fields.get(ENVELOPE_FIELD), False, 1))
 
     async def _take_due(self, now_ms: int, free: int) -> tuple[int | None, int]:
         """Start due retries; return when the next is due (or None) and how many ran."""
@@ -224,7 +235,7 @@ class Consumer:
             data = found[0][1].get(ENVELOPE_FIELD) if found else None
             entry = _Entry(entry_id, data, True, failed + 1)
             if found:
-                self._start(entry)
+                self._take(entry)
             else:
                 await self._dead_letter(entry, "the stream entry no longer exists")
         return next_due, len(ids)
@@ -244,7 +255,7 @@ class Consumer:
             self._next_reclaim_ms = self._now_ms() + self._lease_ms // 2
         entries = [(i.decode(), f) for i, f in reply[1] if f is not None]
         for entry_id, fields in entries:
-            self._start(_Entry(entry_id, fields.get(ENVELOPE_FIELD), False, 1))
+            self._take(_Entry(entry_id, fields.get(ENVELOPE_FIELD), False, 1))
         if entries:
             logger.info(
                 "worker %s: took over %d entries idle longer than the %ss lease",
@@ -264,8 +275,9 @@ class Consumer:
             await self._renew_leases()
 
     async def _renew_leases(self) -> None:
-        from_stream = [e.entry_id for e in self._running.values() if not e.scheduled]
-        scheduled = [e.entry_id for e in self._running.values() if e.scheduled]
+        held = [*self._running.values(), *self._waiting]
+        from_stream = [e.entry_id for e in held if not e.scheduled]
+        scheduled = [e.entry_id for e in held if e.scheduled]
         if from_stream:
             await self._renew_pending(
                 keys=[self._stream], args=[self._group, self._consumer, *from_stream]
@@ -279,13 +291,25 @@ class Consumer:
 
     # Handling one entry ------------------------------------------------------------
 
-    def _start(self, entry: _Entry) -> None:
-        task = asyncio.create_task(self._handle(entry))
-        self._running[task] = entry
-        task.add_done_callback(self._finished)
+    def _take(self, entry: _Entry) -> None:
+        """Queue a taken entry and start it as soon as a handler slot is free."""
+        self._waiting.append(entry)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while (
+            self._waiting
+            and len(self._running) < self._worker.concurrency
+            and not self._stopping.is_set()
+        ):
+            entry = self._waiting.popleft()
+            task = asyncio.create_task(self._handle(entry))
+            self._running[task] = entry
+            task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self._dispatch()
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error(
@@ -384,6 +408,7 @@ class Consumer:
             exc_info=not isinstance(error, ChirpError),
         )
         await self._schedule(entry, self._now_ms() + int(delay * 1000))
+        asyncio.get_running_loop().call_later(delay, self._wakeup.set)
 
     async def _schedule(self, entry: _Entry, due_ms: int) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -514,19 +539,24 @@ class Consumer:
                 raise
 
     async def _free_slots(self) -> int:
-        """Wait for a free handler slot; return how many are free, 0 once stopping."""
+        """Wait for a free handler slot; return how many are free, 0 once stopping.
+
+        Entries taken but not yet started count as taken: two loops may each fill the
+        slots they saw free, and the surplus waits its turn instead of overshooting.
+        """
         while not self._stopping.is_set():
-            free = self._worker.concurrency - len(self._running)
+            free = self._worker.concurrency - len(self._running) - len(self._waiting)
             if free > 0:
                 return free
             self._slot_freed.clear()
             await self._slot_freed.wait()
         return 0
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep up to `seconds`, returning early on stop."""
+    async def _pause(self, seconds: float, until: asyncio.Event | None = None) -> None:
+        """Sleep up to `seconds`, or until `until` is set (by default: a stop)."""
+        event = self._stopping if until is None else until
         try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            await asyncio.wait_for(event.wait(), timeout=seconds)
         except TimeoutError:
             pass
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=Message)
 
-_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 _ROUTABLE_TYPES = {
     FieldDescriptor.TYPE_STRING,
     FieldDescriptor.TYPE_INT32,
@@ -65,7 +65,7 @@ class MessageSpec(Generic[M]):
         """Order named parameter values as the schema does; a missing one is None.
 
         Raises:
-            UsageError: A name is not a parameter of this message.
+            SchemaError: A name is not a parameter of this message.
         """
         unknown = set(given) - set(self.parameters)
         if unknown:
@@ -148,7 +148,7 @@ def _read_spec(cls: type[Message]) -> MessageSpec[Message]:
 
 
 def _check_name(descriptor: AnyDescriptor, name: str) -> None:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise SchemaError(
             f"{descriptor.full_name} declares message name {name!r}; names are "
             "kebab-case: lowercase letters, digits and single dashes"

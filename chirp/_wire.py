@@ -21,8 +21,8 @@ WILDCARD = "*"
 # Bytes that stand for themselves in a token. Everything else, "_" included, is written
 # as "_" and two uppercase hex digits, so a lone "_" can only mean the empty string.
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
-_PLAIN_TEXT = re.compile(r"^[A-Za-z0-9-]+$")
-_TOKEN = re.compile(r"^(?:[A-Za-z0-9-]|_[0-9A-F]{2})+$")
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9-]+")
+_TOKEN = re.compile(r"(?:[A-Za-z0-9-]|_[0-9A-F]{2})+")
 
 
 def escape(value: str) -> str:
@@ -33,7 +33,7 @@ def escape(value: str) -> str:
     """
     if not value:
         return EMPTY_TOKEN
-    if _PLAIN_TEXT.match(value):
+    if _PLAIN_TEXT.fullmatch(value):
         return value
     return "".join(
         chr(byte) if byte in _PLAIN else f"_{byte:02X}" for byte in value.encode()
@@ -48,7 +48,7 @@ def unescape(token: str) -> str:
     """
     if token == EMPTY_TOKEN:
         return ""
-    if not _TOKEN.match(token):
+    if not _TOKEN.fullmatch(token):
         raise DecodeError(f"{token!r} is not an escaped parameter token")
     raw = bytearray()
     index = 0
@@ -60,12 +60,16 @@ def unescape(token: str) -> str:
             raw.append(ord(token[index]))
             index += 1
     try:
-        return raw.decode()
+        value = raw.decode()
     except UnicodeDecodeError as error:
         raise DecodeError(f"token {token!r} does not decode to UTF-8") from error
+    if escape(value) != token:
+        # Each value has one token; "_41" for "A" is a forgery, not an escape.
+        raise DecodeError(f"{token!r} is not the escaped form of {value!r}")
+    return value
 
 
-_NAMESPACE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_NAMESPACE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
 class Names:
@@ -81,7 +85,7 @@ class Names:
     __slots__ = ("_keys", "_subjects", "namespace")
 
     def __init__(self, namespace: str = "") -> None:
-        if namespace and not _NAMESPACE.match(namespace):
+        if namespace and not _NAMESPACE.fullmatch(namespace):
             raise UsageError(f"namespace {namespace!r} must be kebab-case")
         self.namespace = namespace
         self._subjects = f"chirp.{namespace}.msg" if namespace else "chirp.msg"

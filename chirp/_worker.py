@@ -19,7 +19,7 @@ M = TypeVar("M", bound=Message)
 
 WorkerHandler = Callable[[Context, M], Awaitable[None]]
 
-_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
 class Worker(Generic[M]):
@@ -46,7 +46,7 @@ class Worker(Generic[M]):
         lease: float,
         backoff: Backoff,
     ) -> None:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise UsageError(f"worker name {name!r} must be kebab-case")
         if concurrency < 1 or batch < 1 or lease <= 0:
             raise UsageError(

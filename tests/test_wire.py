@@ -2,10 +2,10 @@ import asyncio
 import re
 
 import pytest
+from chirptest.messages_pb2 import Ping
 
 import chirp
 from chirp._wire import EMPTY_TOKEN, Names, escape, unescape
-from chirptest.messages_pb2 import Ping
 
 HOSTILE = [
     "",
@@ -50,10 +50,6 @@ def test_empty_value_is_a_lone_underscore_and_underscore_is_escaped() -> None:
     assert escape("plain-1") == "plain-1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="escape() checks with `$`, which also matches before a trailing newline",
-)
 def test_escape_encodes_a_trailing_newline() -> None:
     assert TOKEN.fullmatch(escape("abc\n"))
 
@@ -66,19 +62,11 @@ def test_unescape_rejects_malformed_tokens(token: str) -> None:
         unescape(token)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unescape() checks with `$`, which also matches before a trailing newline",
-)
 def test_unescape_rejects_a_trailing_newline() -> None:
     with pytest.raises(chirp.DecodeError):
         unescape("abc\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="unescape() accepts tokens escape() never produces, e.g. '_41' for 'A'",
-)
 @pytest.mark.parametrize("token", ["_41", "_2D", "a_62"])
 def test_unescape_rejects_non_canonical_tokens(token: str) -> None:
     with pytest.raises(chirp.DecodeError):
@@ -105,9 +93,6 @@ def test_namespace_must_be_kebab_case(namespace: str) -> None:
         Names(namespace)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Names() checks with `$`, which accepts a trailing newline"
-)
 def test_namespace_rejects_a_trailing_newline() -> None:
     with pytest.raises(chirp.UsageError):
         Names("ns\n")

@@ -74,21 +74,21 @@ async def test_undecodable_entries_are_dead_lettered_and_the_next_is_handled(
 
     stream = client.names.stream_key("test-ping")
     wrong_body = Envelope(name="test-ping", body=b"\xff\xff\xff")
-    await client.redis.xadd(stream, {b"e": b"\xff\x00 not protobuf"})
-    await client.redis.xadd(stream, {b"other": b"field"})
-    await client.redis.xadd(stream, {b"e": wrong_body.SerializeToString()})
+    garbage = await client.redis.xadd(stream, {b"e": b"\xff\x00 not protobuf"})
+    no_field = await client.redis.xadd(stream, {b"other": b"field"})
+    bad_body = await client.redis.xadd(stream, {b"e": wrong_body.SerializeToString()})
     await client.context().msg(Ping(key="good"))
 
+    dead_key = client.names.dead_letter_key(unique_name)
     async with running_workers(client, record):
         await _wait_for(lambda: handled == ["good"])
-        dead_key = client.names.dead_letter_key(unique_name)
         await _wait_for_async(lambda: client.redis.xlen(dead_key), 3)
 
-    dead = await client.redis.xrange(client.names.dead_letter_key(unique_name))
-    reasons = [fields[b"reason"].decode() for _, fields in dead]
-    assert "not a Chirp envelope" in reasons[0]
-    assert "no 'e' field" in reasons[1]
-    assert "does not parse as chirptest.Ping" in reasons[2]
+    dead = await client.redis.xrange(dead_key)
+    reasons = {fields[b"entry_id"]: fields[b"reason"].decode() for _, fields in dead}
+    assert "not a Chirp envelope" in reasons[garbage]
+    assert "no 'e' field" in reasons[no_field]
+    assert "does not parse as chirptest.Ping" in reasons[bad_body]
     assert await _pending(client, unique_name) == 0
 
 
