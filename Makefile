@@ -30,4 +30,4 @@ gen: venv
 	$(BIN)/chirp gen examples
 
 demo: venv
-	PYTHONPATH=examples $(BIN)/python -m arena.demo
+	PYTHONPATH=examples $(BIN)/python -m arena.demo $(if $(REQUESTS),--requests $(REQUESTS))
