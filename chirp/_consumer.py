@@ -173,6 +173,14 @@ class Consumer:
                     extra={"worker": self.name},
                 )
                 await self._pause(_ERROR_PAUSE_SECONDS)
+            except Exception:
+                # A bug must not silently stop consumption: report it and go on.
+                logger.exception(
+                    "worker %s: consumer loop failed, restarting it",
+                    self.name,
+                    extra={"worker": self.name},
+                )
+                await self._pause(_ERROR_PAUSE_SECONDS)
 
     async def _read_loop(self) -> None:
         """Take new entries from the stream while handler slots are free."""

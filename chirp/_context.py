@@ -110,7 +110,7 @@ class Context:
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry ``ray_id``, ``request_id`` and ``context``."""
+        """A logger whose records carry ray id, request id, context name and attempt."""
         if self._log is None:
             self._log = logging.LoggerAdapter(
                 _context_logger,
@@ -118,6 +118,7 @@ class Context:
                     "ray_id": self.ray_id,
                     "request_id": self.request_id,
                     "context": self.name,
+                    "attempt": self.attempt,
                 },
             )
         return self._log
