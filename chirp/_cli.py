@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from chirp._codegen import CodegenError, generate
-from chirp._config import NATS_URL_VARIABLE, REDIS_URL_VARIABLE
+from chirp._config import NAMESPACE_VARIABLE, NATS_URL_VARIABLE, REDIS_URL_VARIABLE
 from chirp._embedded import embedded_servers
 from chirp._errors import ChirpError
-from chirp._host import DEFAULT_GRACE, run_host
+from chirp._host import DEFAULT_GRACE, load_workers, run_host
+from chirp._worker import Worker
 
 app = typer.Typer(
     name="chirp",
@@ -100,13 +101,16 @@ def _display(path: Path) -> str:
 
 _Modules = Annotated[
     list[str],
-    typer.Argument(help="Modules whose top-level @worker functions to run."),
+    typer.Argument(
+        metavar="MODULE", help="Modules whose top-level @worker functions to run."
+    ),
 ]
 _Paths = Annotated[
     list[Path] | None,
     typer.Option(
         "--path",
         help="Directory to import modules from (repeatable); the current one always.",
+        exists=True,
         file_okay=False,
     ),
 ]
@@ -120,6 +124,12 @@ _NatsUrl = Annotated[
 _RedisUrl = Annotated[
     str | None, typer.Option(envvar=REDIS_URL_VARIABLE, help="Redis server URL.")
 ]
+_Namespace = Annotated[
+    str | None,
+    typer.Option(
+        envvar=NAMESPACE_VARIABLE, help="Prefix of every subject and key (kebab-case)."
+    ),
+]
 
 
 @app.command()
@@ -129,10 +139,19 @@ def run(
     grace: _Grace = DEFAULT_GRACE,
     nats_url: _NatsUrl = None,
     redis_url: _RedisUrl = None,
+    namespace: _Namespace = None,
 ) -> None:
-    """Run every worker of MODULES against external NATS and Redis until SIGTERM."""
-    _extend_import_path(path)
-    _run_or_exit(run_host(modules, nats_url=nats_url, redis_url=redis_url, grace=grace))
+    """Run every worker of MODULE... until SIGTERM or SIGINT."""
+    workers = _load_or_exit(modules, path)
+    _run_or_exit(
+        run_host(
+            workers,
+            nats_url=nats_url,
+            redis_url=redis_url,
+            namespace=namespace,
+            grace=grace,
+        )
+    )
 
 
 @app.command()
@@ -142,16 +161,34 @@ def dev(
     grace: _Grace = 5.0,
     nats_url: _NatsUrl = None,
     redis_url: _RedisUrl = None,
+    namespace: _Namespace = None,
 ) -> None:
-    """Run the workers of MODULES; start embedded servers when no URL is set."""
-    _extend_import_path(path)
-    if nats_url and redis_url:
-        _run_or_exit(run_host(modules, nats_url=nats_url, redis_url=redis_url))
-        return
-    _run_or_exit(_dev_with_embedded_servers(modules, grace))
+    """Run the workers of MODULE...; with no server URL set, start embedded servers."""
+    workers = _load_or_exit(modules, path)
+    if bool(nats_url) != bool(redis_url):
+        _err.print(
+            f"set both {NATS_URL_VARIABLE} and {REDIS_URL_VARIABLE} to use external "
+            "servers, or neither to start embedded ones",
+            style="red",
+            markup=False,
+        )
+        raise typer.Exit(2)
+    if nats_url:
+        host = run_host(
+            workers,
+            nats_url=nats_url,
+            redis_url=redis_url,
+            namespace=namespace,
+            grace=grace,
+        )
+    else:
+        host = _dev_with_embedded_servers(workers, namespace, grace)
+    _run_or_exit(host)
 
 
-async def _dev_with_embedded_servers(modules: list[str], grace: float) -> None:
+async def _dev_with_embedded_servers(
+    workers: list[Worker[Any]], namespace: str | None, grace: float
+) -> None:
     async with embedded_servers() as servers:
         _err.print(
             f"Embedded servers: {NATS_URL_VARIABLE}={servers.nats_url} "
@@ -159,18 +196,24 @@ async def _dev_with_embedded_servers(modules: list[str], grace: float) -> None:
             markup=False,
         )
         await run_host(
-            modules,
+            workers,
             nats_url=servers.nats_url,
             redis_url=servers.redis_url,
+            namespace=namespace,
             grace=grace,
         )
 
 
-def _extend_import_path(paths: list[Path] | None) -> None:
+def _load_or_exit(modules: list[str], paths: list[Path] | None) -> list[Worker[Any]]:
     for directory in reversed([Path.cwd(), *(paths or [])]):
         text = str(directory.resolve())
         if text not in sys.path:
             sys.path.insert(0, text)
+    try:
+        return load_workers(modules)
+    except ChirpError as exc:
+        _err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
 
 
 def _run_or_exit(job: Coroutine[Any, Any, None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import TracebackType
@@ -20,6 +21,9 @@ from chirp._publish import StreamWriter
 from chirp._wire import Names
 
 logger = logging.getLogger(__name__)
+
+# Seconds a server may take to accept the first connection.
+CONNECT_TIMEOUT = 10.0
 
 
 class Client:
@@ -62,34 +66,58 @@ class Client:
         """Open both connections.
 
         Raises:
-            TransportError: A server could not be reached.
+            TransportError: A server could not be reached within the connect timeout.
         """
-        self._redis = redis_asyncio.Redis.from_url(self.settings.redis_url)
         try:
-            await self._redis.ping()
-            self._nats = await nats.connect(
-                self.settings.nats_url,
-                name=self.name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=5,
-                allow_reconnect=True,
-                error_cb=self._on_nats_error,
-                disconnected_cb=self._on_nats_disconnected,
-                reconnected_cb=self._on_nats_reconnected,
-            )
-        except Exception as error:
+            self._redis = await self._connect_redis()
+            self._nats = await self._connect_nats()
+        except TransportError:
             await self.close()
-            raise TransportError(
-                f"cannot connect to NATS {self.settings.nats_url} and Redis "
-                f"{self.settings.redis_url}: {error}"
-            ) from error
+            raise
         self._writer = StreamWriter(
             self._redis,
             attempts=self.settings.publish_attempts,
             retry_delay=self.settings.publish_retry_delay,
         )
         return self
+
+    async def _connect_redis(self) -> redis_asyncio.Redis:
+        url = self.settings.redis_url
+        redis = redis_asyncio.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT
+        )
+        try:
+            await redis.ping()
+        except Exception as error:
+            await redis.aclose()
+            raise TransportError(
+                f"cannot connect to Redis at {url}: {error}"
+            ) from error
+        return redis
+
+    async def _connect_nats(self) -> NatsClient:
+        # nats-py retries a first connection forever when reconnects are unlimited;
+        # the deadline turns an unreachable server into an error instead of a hang.
+        url = self.settings.nats_url
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                return await nats.connect(
+                    url,
+                    name=self.name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_nats_disconnected,
+                    reconnected_cb=self._on_nats_reconnected,
+                )
+        except TimeoutError as error:
+            raise TransportError(
+                f"cannot connect to NATS at {url}: no answer within {CONNECT_TIMEOUT}s"
+            ) from error
+        except Exception as error:
+            raise TransportError(f"cannot connect to NATS at {url}: {error}") from error
 
     async def close(self) -> None:
         """Send what is queued, then close both connections."""
@@ -151,6 +179,10 @@ class Client:
         return self._writer
 
     async def _on_nats_error(self, error: Exception) -> None:
+        if self._nats is None:
+            # Still connecting: `connect` reports the outcome once, not every try.
+            logger.debug("NATS connect attempt failed: %s", error)
+            return
         logger.warning("NATS error: %s", error)
 
     async def _on_nats_disconnected(self) -> None:

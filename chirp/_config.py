@@ -58,8 +58,9 @@ class Settings:
         ]
         if missing:
             raise UsageError(
-                f"no server URL for {' and '.join(missing)}: pass it as an argument, "
-                "set the variable, or use `chirp dev` to start embedded servers"
+                f"no server URL for {' and '.join(missing)}: set the variable, pass "
+                "--nats-url/--redis-url (or the Client argument), or use `chirp dev` "
+                "to start embedded servers"
             )
         assert nats is not None and redis is not None
         if namespace is None:

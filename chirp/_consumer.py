@@ -344,7 +344,7 @@ class Consumer:
         await self._succeeded(entry)
 
     def _decode(self, entry: _Entry) -> Received[Any]:
-        where = f"{self._stream} entry {entry.entry_id}"
+        where = "the stream entry"
         if entry.data is None:
             raise DecodeError(f"{where} has no {ENVELOPE_FIELD.decode()!r} field")
         envelope = decode_envelope(entry.data, where=where)
@@ -431,9 +431,8 @@ class Consumer:
     async def _dead_letter(self, entry: _Entry, reason: str) -> None:
         self.stats.dead += 1
         logger.error(
-            "worker %s: dead-lettered %s %s: %s",
+            "worker %s: dead-lettered entry %s: %s",
             self.name,
-            self._stream,
             entry.entry_id,
             reason,
             extra={"worker": self.name, "attempt": entry.attempt},

@@ -227,7 +227,7 @@ class Context:
         done, or use it as an async context manager.
         """
         spec = message_spec(message)
-        values = spec.parameters_from(dict(params or {}))
+        values = spec.parameters_from(_as_dict(params))
         subscription: Subscription[M] = Subscription(self._client.nats, [spec])
         await subscription.start([self._client.names.subject(spec.name, values)])
         return subscription
@@ -264,6 +264,7 @@ class Context:
         Raises:
             ChirpTimeoutError: No newer message came within `timeout` seconds.
         """
+        _check_timeout(timeout)
         spec = message_spec(message)
         _tail_key_of(self._client.names, spec, params)
         async with await self.subscribe(message, params) as subscription:
@@ -299,6 +300,7 @@ class Context:
             ChirpTimeoutError: Neither came within `timeout` seconds.
             PublishError: The durable write failed.
         """
+        _check_timeout(timeout)
         spec = message_spec(type(body))
         replies: list[MessageSpec[Any]] = [message_spec(complete)]
         if fail is not None:
@@ -324,12 +326,27 @@ class Context:
         return received
 
 
+def _as_dict(params: Params | None) -> dict[str, object]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise UsageError(
+            f"parameters are a mapping of name to value, not {type(params).__name__}"
+        )
+    return dict(params)
+
+
+def _check_timeout(timeout: float) -> None:
+    if not timeout > 0:
+        raise UsageError(f"a timeout must be above 0 seconds, got {timeout}")
+
+
 def _tail_key_of(names: Names, spec: MessageSpec[Any], params: Params | None) -> str:
     if not spec.tail_ttl_ms:
         raise UsageError(
             f"message {spec.name!r} keeps no tail: it declares no tail_ttl_ms"
         )
-    values = spec.parameters_from(dict(params or {}))
+    values = spec.parameters_from(_as_dict(params))
     missing = [p for p, v in zip(spec.parameters, values, strict=True) if v is None]
     if missing:
         raise UsageError(f"the tail of {spec.name!r} needs parameter(s) {missing}")

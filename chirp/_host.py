@@ -111,15 +111,19 @@ class WorkerHost:
 
 
 async def run_host(
-    modules: Sequence[str],
+    workers: Sequence[Worker[Any]],
     *,
     nats_url: str | None = None,
     redis_url: str | None = None,
+    namespace: str | None = None,
     grace: float = DEFAULT_GRACE,
 ) -> None:
-    """Connect, load the workers of `modules`, and run them until a signal arrives."""
-    workers = load_workers(modules)
-    async with Client(
-        name="worker-host", nats_url=nats_url, redis_url=redis_url
-    ) as client:
+    """Connect and run `workers` until SIGTERM or SIGINT arrives, then drain."""
+    client = Client(
+        name="worker-host",
+        nats_url=nats_url,
+        redis_url=redis_url,
+        namespace=namespace,
+    )
+    async with client:
         await WorkerHost(client, workers, grace=grace).run()
