@@ -21,6 +21,7 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy
+	MYPYPATH=examples $(BIN)/mypy --strict examples/arena
 
 test: venv lint types
 	$(BIN)/pytest

@@ -17,11 +17,19 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from google.protobuf.descriptor_pb2 import (
+    DescriptorProto,
+    FieldDescriptorProto,
+    FileDescriptorSet,
+)
+
+from chirp import options_pb2
 from chirp._embedded import installed_executable
-from chirp._errors import UsageError
+from chirp._errors import SchemaError, UsageError
+from chirp._schema import check_declaration
 
 _log = logging.getLogger(__name__)
 
@@ -128,8 +136,11 @@ def _generate(
         return []
 
     with tempfile.TemporaryDirectory(prefix="chirp-gen-") as tmp:
-        staging = Path(tmp)
-        _run_protoc(root, protos, staging)
+        staging = Path(tmp) / "out"
+        staging.mkdir()
+        descriptors = Path(tmp) / "descriptors.pb"
+        _run_protoc(root, protos, staging, descriptors)
+        _check_declarations(descriptors)
         produced = sorted(
             path.relative_to(staging) for path in staging.rglob("*") if path.is_file()
         )
@@ -141,7 +152,9 @@ def _generate(
     return [out / relative for relative in produced]
 
 
-def _run_protoc(root: Path, protos: Sequence[str], staging: Path) -> None:
+def _run_protoc(
+    root: Path, protos: Sequence[str], staging: Path, descriptors: Path
+) -> None:
     command = [
         sys.executable,
         "-m",
@@ -150,6 +163,7 @@ def _run_protoc(root: Path, protos: Sequence[str], staging: Path) -> None:
         f"--plugin=protoc-gen-mypy={_mypy_plugin()}",
         f"--python_out={staging}",
         f"--mypy_out={staging}",
+        f"--descriptor_set_out={descriptors}",
         *protos,
     ]
     _log.debug("running %s", command)
@@ -159,6 +173,50 @@ def _run_protoc(root: Path, protos: Sequence[str], staging: Path) -> None:
     if result.returncode != 0:
         message = result.stderr.strip() or f"exit code {result.returncode}"
         raise CodegenError(f"protoc failed on {root}:\n{message}")
+
+
+def _check_declarations(descriptors: Path) -> None:
+    """Check every ``(chirp.message)`` option of the compiled files, all at once.
+
+    Raises:
+        CodegenError: Listing each message whose declaration is wrong, and each
+            message name declared by two messages.
+    """
+    compiled = FileDescriptorSet.FromString(descriptors.read_bytes())
+    problems: list[str] = []
+    owners: dict[str, str] = {}
+    for file in compiled.file:
+        for full_name, message in _messages(file.package, file.message_type):
+            if not message.options.HasExtension(options_pb2.message):
+                continue
+            declared = message.options.Extensions[options_pb2.message]
+            fields = {
+                f.name: (f.label == FieldDescriptorProto.LABEL_REPEATED, f.type)
+                for f in message.field
+            }
+            try:
+                check_declaration(full_name, declared, fields)
+            except SchemaError as error:
+                problems.append(f"{file.name}: {error}")
+            owner = owners.setdefault(declared.name, full_name)
+            if owner != full_name:
+                problems.append(
+                    f"{file.name}: message name {declared.name!r} is declared by "
+                    f"both {owner} and {full_name}"
+                )
+    if problems:
+        raise CodegenError(
+            "invalid Chirp message declarations:\n" + "\n".join(problems)
+        )
+
+
+def _messages(
+    scope: str, messages: Iterable[DescriptorProto]
+) -> Iterator[tuple[str, DescriptorProto]]:
+    for message in messages:
+        full_name = f"{scope}.{message.name}" if scope else message.name
+        yield full_name, message
+        yield from _messages(full_name, message.nested_type)
 
 
 def _include_paths(root: Path) -> list[Path]:

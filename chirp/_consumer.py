@@ -413,7 +413,8 @@ class Consumer:
             delay,
             _describe(error),
             extra=extra,
-            exc_info=not isinstance(error, ChirpError),
+            # The first failure shows where it came from; later ones only say it again.
+            exc_info=entry.attempt == 1 and not isinstance(error, ChirpError),
         )
         await self._schedule(entry, self._now_ms() + int(delay * 1000))
         asyncio.get_running_loop().call_later(delay, self._wakeup.set)

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
+from typing import Generic, TypeVar
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from chirp import options_pb2
 from chirp._errors import SchemaError
-
-if TYPE_CHECKING:
-    from google._upb._message import Descriptor as UpbDescriptor
-
-    AnyDescriptor: TypeAlias = Descriptor | UpbDescriptor
 
 M = TypeVar("M", bound=Message)
 
@@ -138,33 +134,46 @@ def _read_spec(cls: type[Message]) -> MessageSpec[Message]:
             '`option (chirp.message) = {name: "..."};` to its schema'
         )
     declared = options.Extensions[options_pb2.message]
-    _check_name(descriptor, declared.name)
-    parameters = tuple(declared.parameters)
-    for parameter in parameters:
-        _check_parameter(descriptor, parameter)
-    if len(set(parameters)) != len(parameters):
-        raise SchemaError(f"{descriptor.full_name} lists a parameter twice")
-    return MessageSpec(cls, declared.name, parameters, int(declared.tail_ttl_ms))
+    fields = {f.name: (f.is_repeated, f.type) for f in descriptor.fields}
+    check_declaration(descriptor.full_name, declared, fields)
+    return MessageSpec(
+        cls, declared.name, tuple(declared.parameters), int(declared.tail_ttl_ms)
+    )
 
 
-def _check_name(descriptor: AnyDescriptor, name: str) -> None:
-    if not _NAME.fullmatch(name):
+def check_declaration(
+    full_name: str,
+    declared: options_pb2.MessageOptions,
+    fields: Mapping[str, tuple[bool, int]],
+) -> None:
+    """Check a ``(chirp.message)`` option against the message it is declared on.
+
+    Args:
+        full_name: The Protobuf message's full name, for the error.
+        declared: The option's value.
+        fields: Each field's name, with whether it is repeated and its type number.
+
+    Raises:
+        SchemaError: The name is not kebab-case, or a parameter is not a single
+            string, integer or bool field, or is listed twice.
+    """
+    if not _NAME.fullmatch(declared.name):
         raise SchemaError(
-            f"{descriptor.full_name} declares message name {name!r}; names are "
+            f"{full_name} declares message name {declared.name!r}; names are "
             "kebab-case: lowercase letters, digits and single dashes"
         )
-
-
-def _check_parameter(descriptor: AnyDescriptor, parameter: str) -> None:
-    field = descriptor.fields_by_name.get(parameter)
-    if field is None:
-        raise SchemaError(
-            f"{descriptor.full_name} lists parameter {parameter!r}, which is not "
-            "one of its fields"
-        )
-    repeated = field.is_repeated
-    if repeated or field.type not in _ROUTABLE_TYPES:
-        raise SchemaError(
-            f"parameter {parameter!r} of {descriptor.full_name} must be a single "
-            "string, integer or bool field"
-        )
+    parameters = list(declared.parameters)
+    if len(set(parameters)) != len(parameters):
+        raise SchemaError(f"{full_name} lists a parameter twice: {parameters}")
+    for parameter in parameters:
+        if parameter not in fields:
+            raise SchemaError(
+                f"{full_name} lists parameter {parameter!r}, which is not "
+                "one of its fields"
+            )
+        repeated, kind = fields[parameter]
+        if repeated or kind not in _ROUTABLE_TYPES:
+            raise SchemaError(
+                f"parameter {parameter!r} of {full_name} must be a single "
+                "string, integer or bool field"
+            )

@@ -118,6 +118,10 @@ class Subscription(Generic[M]):
         try:
             for subject in subjects:
                 self._subs.append(await self._nats.subscribe(subject, cb=self._on_msg))
+            # nats-py writes a flush's PING straight to the socket, possibly ahead of
+            # the SUB still in its buffer; only the second PONG proves the server has
+            # the subscription.
+            await self._nats.flush()
             await self._nats.flush()
         except Exception as error:
             await self.close()

@@ -7,23 +7,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-import chirp
-from chirp.testing import running_workers
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-# `examples/` is the example's source root, as PYTHONPATH makes it for the demo.
-sys.path.insert(0, str(EXAMPLES))
-
-from arena.notify import push  # noqa: E402
-from arena.notify import workers as notify_workers  # noqa: E402
-from arena.notify.operations import notification_list  # noqa: E402
-from arena.proto.notify_pb2 import (  # noqa: E402
+from arena.notify import push
+from arena.notify import workers as notify_workers
+from arena.notify.operations import notification_list
+from arena.proto.notify_pb2 import (
     Notification,
     NotificationCreate,
     NotificationListRequest,
 )
-from arena.proto.user_pb2 import (  # noqa: E402
+from arena.proto.user_pb2 import (
     UserCreate,
     UserCreateComplete,
     UserCreateFail,
@@ -32,10 +24,15 @@ from arena.proto.user_pb2 import (  # noqa: E402
     UserFollowFail,
     UserGetRequest,
 )
-from arena.user import store  # noqa: E402
-from arena.user import workers as user_workers  # noqa: E402
-from arena.user.operations import user_get  # noqa: E402
-from arena.user.store import CreateOutcome, FollowOutcome  # noqa: E402
+from arena.user import store
+from arena.user import workers as user_workers
+from arena.user.operations import user_get
+from arena.user.store import CreateOutcome, FollowOutcome
+
+import chirp
+from chirp.testing import running_workers
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(autouse=True)

@@ -148,6 +148,25 @@ async def test_subscribe_is_registered_when_it_returns(
         assert received.body.key == key
 
 
+async def test_subscribe_is_registered_even_under_concurrent_load(
+    client: chirp.Client, other: chirp.Client
+) -> None:
+    """Publish on NATS the moment `subscribe` returns, many times at once."""
+    envelope = Envelope(name="test-ping", body=Ping(key="x").SerializeToString())
+    data = envelope.SerializeToString()
+
+    async def one_round(index: int) -> None:
+        key = f"c{index}"
+        async with await client.context().subscribe(Ping, {"key": key}) as sub:
+            subject = client.names.subject("test-ping", [key])
+            await other.nats.publish(subject, data)
+            await other.nats.flush()
+            await sub.next(timeout=2)
+
+    for batch in range(10):
+        await asyncio.gather(*(one_round(batch * 32 + i) for i in range(32)))
+
+
 async def test_tail_keeps_the_latest_per_parameter_set(client: chirp.Client) -> None:
     ctx = client.context()
     assert await ctx.tail_read(Status, {"region": "eu", "user_id": 1}) is None

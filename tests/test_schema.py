@@ -1,5 +1,7 @@
 import importlib
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -8,10 +10,11 @@ import pytest
 from chirptest.messages_pb2 import Ping, Plain, Status, Unrouted
 
 import chirp
-from chirp._codegen import generate
+from chirp._codegen import CodegenError, generate
 from chirp._schema import parameter_text
 
-# Protoc accepts any option values; Chirp checks them when it first sees a class.
+# Protoc accepts any option values. `chirp gen` checks them when it compiles; Chirp
+# checks them again when it first sees a class (code built by plain protoc).
 DECLARATIONS = """\
 syntax = "proto3";
 
@@ -75,10 +78,35 @@ def declared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     (root / package).mkdir()
     text = DECLARATIONS.format(package=package, prefix=package.replace("_", "-"))
     (root / package / "defs.proto").write_text(text)
-    generate(Path(root))
+    _plain_protoc(root, f"{package}/defs.proto")
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(root))
         yield importlib.import_module(f"{package}.defs_pb2")
+
+
+def _plain_protoc(root: Path, proto: str) -> None:
+    """Compile without Chirp's checks, as a project using plain protoc would."""
+    chirp_root = Path(chirp.__file__).parent.parent
+    command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{root}"]
+    command += [f"-I{chirp_root}", f"--python_out={root}", proto]
+    subprocess.run(command, check=True, cwd=root)
+
+
+def test_chirp_gen_rejects_every_invalid_declaration(tmp_path: Path) -> None:
+    package = f"schema_{secrets.token_hex(4)}"
+    (tmp_path / package).mkdir()
+    text = DECLARATIONS.format(package=package, prefix=package.replace("_", "-"))
+    (tmp_path / package / "defs.proto").write_text(text)
+
+    with pytest.raises(CodegenError) as raised:
+        generate(tmp_path)
+
+    message = str(raised.value)
+    for fragment in ("'Bad_Name'", "'bad\\n'", "'nope'", "'tags'", "'x'", "twice"):
+        assert fragment in message
+    assert f"declared by both {package}.First and {package}.Second" in message
+    assert "BoolParameter" not in message
+    assert not list(tmp_path.rglob("*_pb2.py"))
 
 
 def test_message_spec_reads_the_option() -> None:

@@ -1,0 +1,1 @@
+"""Generated Protobuf modules of the arena messages; edit the .proto files instead."""
