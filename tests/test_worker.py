@@ -281,3 +281,50 @@ def test_worker_declaration_errors() -> None:
         @chirp.worker(name="Not_Kebab")
         async def named(ctx: Context, msg: Ping) -> None:
             pass
+
+
+async def test_concurrency_limit_holds_and_is_reached(
+    client: Client, unique_name: str
+) -> None:
+    running = 0
+    most = 0
+    done: list[str] = []
+
+    @chirp.worker(name=unique_name, concurrency=3, batch=2)
+    async def bounded(ctx: Context, msg: Ping) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        done.append(msg.key)
+
+    ctx = client.context()
+    for index in range(20):
+        await ctx.msg(Ping(key=str(index)))
+    async with running_workers(client, bounded):
+        await _wait_for(lambda: len(done) == 20)
+    assert most == 3
+
+
+async def test_handler_context_describes_the_message(
+    client: Client, unique_name: str
+) -> None:
+    seen: list[Context] = []
+
+    @chirp.worker(name=unique_name)
+    async def look(ctx: Context, msg: Ping) -> None:
+        seen.append(ctx)
+
+    publisher = client.context()
+    published = await publisher.msg(Ping(key="x"))
+    await asyncio.sleep(0.2)
+    async with running_workers(client, look):
+        await _wait_for(lambda: len(seen) == 1)
+
+    [ctx] = seen
+    assert (ctx.ray_id, ctx.request_id) == (publisher.ray_id, published.request_id)
+    assert ctx.trace[-1].request_id == publisher.request_id
+    assert ctx.name == unique_name
+    assert ctx.attempt == 1
+    assert 0.2 <= ctx.req_dt < 10
