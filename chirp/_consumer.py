@@ -500,7 +500,9 @@ class Consumer:
 
     async def _hand_back(self, entries: list[_Entry]) -> None:
         """Make cancelled entries available to other consumers at once."""
-        from_stream = [e.entry_id for e in entries if not e.scheduled]
+        from_stream: list[str | bytes | int | memoryview] = [
+            e.entry_id for e in entries if not e.scheduled
+        ]
         scheduled = [e.entry_id for e in entries if e.scheduled]
         try:
             if from_stream:
@@ -509,7 +511,7 @@ class Consumer:
                     self._group,
                     self._consumer,
                     0,
-                    list[Any](from_stream),
+                    from_stream,
                     idle=HANDBACK_IDLE_MS,
                     justid=True,
                 )
