@@ -40,6 +40,8 @@ class Client:
         nats_url: Defaults to ``CHIRP_NATS_URL``.
         redis_url: Defaults to ``CHIRP_REDIS_URL``.
         namespace: Prefix of all subjects and keys; defaults to ``CHIRP_NAMESPACE``.
+        stream_retention: Entries each stream keeps at least (older ones go once
+            every worker has them); defaults to ``CHIRP_STREAM_RETENTION`` or 10000.
         test: Mark traces as made inside a test.
     """
 
@@ -50,11 +52,16 @@ class Client:
         nats_url: str | None = None,
         redis_url: str | None = None,
         namespace: str | None = None,
+        stream_retention: int | None = None,
         test: bool = False,
     ) -> None:
         self.name = name
         self.settings = Settings.resolve(
-            nats_url=nats_url, redis_url=redis_url, namespace=namespace, test=test
+            nats_url=nats_url,
+            redis_url=redis_url,
+            namespace=namespace,
+            stream_retention=stream_retention,
+            test=test,
         )
         self.names = Names(self.settings.namespace)
         self._nats: NatsClient | None = None
@@ -78,6 +85,7 @@ class Client:
             self._redis,
             attempts=self.settings.publish_attempts,
             retry_delay=self.settings.publish_retry_delay,
+            retention=self.settings.stream_retention,
         )
         return self
 

@@ -10,6 +10,7 @@ from chirp._errors import UsageError
 NATS_URL_VARIABLE = "CHIRP_NATS_URL"
 REDIS_URL_VARIABLE = "CHIRP_REDIS_URL"
 NAMESPACE_VARIABLE = "CHIRP_NAMESPACE"
+RETENTION_VARIABLE = "CHIRP_STREAM_RETENTION"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class Settings:
         publish_attempts: Tries of a durable write before `PublishError`.
         publish_retry_delay: Seconds before the second try; doubles each time.
         namespace: Prefix of every subject and key; empty by default.
+        stream_retention: Entries a stream keeps at least; older ones are trimmed
+            once every consumer group has acknowledged them.
         test: Mark every trace entry as made inside a test.
     """
 
@@ -30,6 +33,7 @@ class Settings:
     publish_attempts: int = 5
     publish_retry_delay: float = 0.05
     namespace: str = ""
+    stream_retention: int = 10_000
     test: bool = False
 
     @classmethod
@@ -39,6 +43,7 @@ class Settings:
         nats_url: str | None = None,
         redis_url: str | None = None,
         namespace: str | None = None,
+        stream_retention: int | None = None,
         test: bool = False,
     ) -> Settings:
         """Return settings from the arguments, falling back to the environment.
@@ -65,4 +70,25 @@ class Settings:
         assert nats is not None and redis is not None
         if namespace is None:
             namespace = os.environ.get(NAMESPACE_VARIABLE, "")
-        return cls(nats_url=nats, redis_url=redis, namespace=namespace, test=test)
+        if stream_retention is None:
+            stream_retention = _int_variable(RETENTION_VARIABLE, 10_000)
+        return cls(
+            nats_url=nats,
+            redis_url=redis,
+            namespace=namespace,
+            stream_retention=stream_retention,
+            test=test,
+        )
+
+
+def _int_variable(variable: str, default: int) -> int:
+    text = os.environ.get(variable)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{variable} must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise UsageError(f"{variable} must not be negative, got {value}")
+    return value

@@ -1,16 +1,7 @@
-"""The runtime of one worker inside a host: read, run, ack, retry, reclaim, dead-letter.
+"""The runtime of one worker inside a host: take entries, run handlers, record outcomes.
 
-Where an entry can be, for one worker (its consumer group):
-
-- *new*: in the stream, not yet delivered to the group;
-- *running from the stream*: in the group's pending list, owned by one consumer whose
-  lease (the entry's idle time) it renews while the handler runs;
-- *scheduled*: acked in the group, its id in the retry sorted set, scored with the time
-  it is due; while a consumer runs it, the score is the end of that consumer's lease;
-- *done*: acked and in no retry set; or *dead*: copied to the dead-letter stream.
-
-Every move between these states is one atomic Redis step, so a host killed at any point
-leaves each entry in exactly one of them, and the others pick it up from there.
+The states an entry moves through, and the atomic steps between them, are described in
+`chirp._store`. This module decides when to take which step.
 """
 
 from __future__ import annotations
@@ -23,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from chirp._context import Context
 from chirp._errors import ChirpError, DecodeError
-from chirp._scripts import CLAIM_DUE, RENEW_PENDING, RENEW_SCHEDULED
+from chirp._store import Taken, WorkerStore
 from chirp._subscribe import Received, received_from
 from chirp._wire import ENVELOPE_FIELD, decode_envelope
 from chirp._worker import Worker
@@ -40,21 +31,11 @@ logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 # Longest XREADGROUP block, and so how long a stop waits for the read to return; also
-# the longest sleep of the retry poller.
+# the longest sleep of the schedule loop.
 READ_BLOCK_MS = 1000
-# An idle time far beyond any lease, but below "now" so Redis keeps it as given.
-HANDBACK_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 _ERROR_PAUSE_SECONDS = 0.5
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One stream entry taken for handling, and where it came from."""
-
-    entry_id: str
-    data: bytes | None
-    scheduled: bool
-    attempt: int
+# How soon a message whose idempotency key another handler holds is looked at again.
+BUSY_KEY_RECHECK_MS = 1000
 
 
 @dataclass(slots=True)
@@ -64,10 +45,15 @@ class ConsumerStats:
     handled: int = 0
     failed: int = 0
     dead: int = 0
+    duplicates: int = 0
 
 
 class Consumer:
     """Run one worker's handlers for the messages of its consumer group.
+
+    Two loops fill the free handler slots: the read loop takes new entries from the
+    stream, the schedule loop takes due retries and entries whose lease ran out.
+    Entries taken while every slot is busy wait in a local queue, still leased.
 
     Args:
         worker: The worker to run.
@@ -86,23 +72,14 @@ class Consumer:
     ) -> None:
         self._worker = worker
         self._client = client
-        self._redis = client.redis
         self._consumer = consumer
         self._clock = clock
-        names = client.names
-        self._stream = names.stream_key(worker.spec.name)
-        self._group = worker.name
-        self._retry = names.retry_key(worker.name)
-        self._attempts = names.attempts_key(worker.name)
-        self._owners = names.owners_key(worker.name)
-        self._dead = names.dead_letter_key(worker.name)
-        self._stats = names.stats_key(worker.name)
+        self._store = WorkerStore(
+            client.redis, client.names, worker=worker.name, message=worker.spec.name
+        )
         self._lease_ms = int(worker.lease * 1000)
-        self._claim_due = self._redis.register_script(CLAIM_DUE)
-        self._renew_pending = self._redis.register_script(RENEW_PENDING)
-        self._renew_scheduled = self._redis.register_script(RENEW_SCHEDULED)
-        self._running: dict[asyncio.Task[None], _Entry] = {}
-        self._waiting: deque[_Entry] = deque()
+        self._running: dict[asyncio.Task[None], Taken] = {}
+        self._waiting: deque[Taken] = deque()
         self._slot_freed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -112,6 +89,8 @@ class Consumer:
         self._renewer: asyncio.Task[None] | None = None
         self._reclaim_cursor = "0-0"
         self._next_reclaim_ms = 0
+        # When a loop last heard from Redis or a handler last finished (monotonic).
+        self.last_progress = time.monotonic()
         self.stats = ConsumerStats()
 
     @property
@@ -119,14 +98,9 @@ class Consumer:
         """The worker's name."""
         return self._worker.name
 
-    @property
-    def in_flight(self) -> int:
-        """Handlers running now."""
-        return len(self._running)
-
     async def start(self) -> None:
         """Create the consumer group if needed and start consuming."""
-        await self._ensure_group()
+        await self._store.ensure_group()
         self._loops = [
             asyncio.create_task(self._guarded(self._read_loop)),
             asyncio.create_task(self._guarded(self._schedule_loop)),
@@ -161,7 +135,7 @@ class Consumer:
     # Taking entries ----------------------------------------------------------------
 
     async def _guarded(self, loop: Callable[[], Any]) -> None:
-        """Run a loop until stop; a Redis error pauses it instead of ending it."""
+        """Run a loop until stop; an error pauses it instead of ending it."""
         while not self._stopping.is_set():
             try:
                 await loop()
@@ -185,7 +159,11 @@ class Consumer:
     async def _read_loop(self) -> None:
         """Take new entries from the stream while handler slots are free."""
         while free := await self._free_slots():
-            await self._take_new(min(free, self._worker.batch), READ_BLOCK_MS)
+            count = min(free, self._worker.batch)
+            taken = await self._store.read_new(self._consumer, count, READ_BLOCK_MS)
+            self.last_progress = time.monotonic()
+            for entry in taken:
+                self._take(entry)
 
     async def _schedule_loop(self) -> None:
         """Take due retries, and now and then entries idle past their lease.
@@ -196,7 +174,13 @@ class Consumer:
         while free := await self._free_slots():
             self._wakeup.clear()
             now_ms = self._now_ms()
-            next_due_ms, taken = await self._take_due(now_ms, free)
+            next_due_ms, due = await self._store.claim_due(
+                self._consumer, now_ms, self._lease_ms, free
+            )
+            self.last_progress = time.monotonic()
+            for entry in due:
+                self._take(entry)
+            taken = len(due)
             if free > taken and now_ms >= self._next_reclaim_ms:
                 taken += await self._take_idle(free - taken)
             if taken:
@@ -206,100 +190,43 @@ class Consumer:
                 wait_ms = min(wait_ms, next_due_ms - now_ms)
             await self._pause(max(wait_ms, 1) / 1000, until=self._wakeup)
 
-    async def _take_new(self, count: int, block_ms: int) -> None:
-        try:
-            reply: Any = await self._redis.xreadgroup(
-                self._group,
-                self._consumer,
-                {self._stream: ">"},
-                count=count,
-                block=block_ms,
-            )
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            await self._ensure_group()
-            return
-        for entry_id, fields in reply[0][1] if reply else []:
-            self._take(_Entry(entry_id.decode(), fields.get(ENVELOPE_FIELD), False, 1))
-
-    async def _take_due(self, now_ms: int, free: int) -> tuple[int | None, int]:
-        """Start due retries; return when the next is due (or None) and how many ran."""
-        reply: Any = await self._claim_due(
-            keys=[self._retry, self._attempts, self._owners],
-            args=[now_ms, self._lease_ms, free, self._consumer],
-        )
-        next_due = None if int(reply[0]) < 0 else int(reply[0])
-        claimed = reply[1:]
-        if not claimed:
-            return next_due, 0
-        ids = [claimed[i].decode() for i in range(0, len(claimed), 2)]
-        failures = [int(claimed[i]) for i in range(1, len(claimed), 2)]
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.xrange(self._stream, entry_id, entry_id, count=1)
-        replies = await pipe.execute()
-        for entry_id, failed, found in zip(ids, failures, replies, strict=True):
-            data = found[0][1].get(ENVELOPE_FIELD) if found else None
-            entry = _Entry(entry_id, data, True, failed + 1)
-            if found:
-                self._take(entry)
-            else:
-                await self._dead_letter(entry, "the stream entry no longer exists")
-        return next_due, len(ids)
-
     async def _take_idle(self, free: int) -> int:
         """Take over entries whose consumer stopped renewing their lease."""
-        reply: Any = await self._redis.xautoclaim(
-            self._stream,
-            self._group,
-            self._consumer,
-            min_idle_time=self._lease_ms,
-            start_id=self._reclaim_cursor,
-            count=free,
+        cursor, taken, vanished = await self._store.take_idle(
+            self._consumer, self._reclaim_cursor, self._lease_ms, free
         )
-        self._reclaim_cursor = reply[0].decode()
-        if self._reclaim_cursor == "0-0":
+        self._reclaim_cursor = cursor
+        if cursor == "0-0":
             self._next_reclaim_ms = self._now_ms() + self._lease_ms // 2
-        entries = [(i.decode(), f) for i, f in reply[1] if f is not None]
-        for entry_id, fields in entries:
-            self._take(_Entry(entry_id, fields.get(ENVELOPE_FIELD), False, 1))
-        if entries:
+        for entry in taken:
+            self._take(entry)
+        if taken or vanished:
             logger.info(
-                "worker %s: took over %d entries idle longer than the %ss lease",
+                "worker %s: took over %d entries idle past the %ss lease "
+                "(%d more had been deleted from the stream)",
                 self.name,
-                len(entries),
+                len(taken),
                 self._worker.lease,
+                vanished,
                 extra={"worker": self.name},
             )
-        deleted = reply[2] if len(reply) > 2 else []
-        if deleted:
-            await self._count_lost(len(deleted))
-        return len(entries)
+        return len(taken)
 
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(self._worker.lease / 3)
-            await self._renew_leases()
-
-    async def _renew_leases(self) -> None:
-        held = [*self._running.values(), *self._waiting]
-        from_stream = [e.entry_id for e in held if not e.scheduled]
-        scheduled = [e.entry_id for e in held if e.scheduled]
-        if from_stream:
-            await self._renew_pending(
-                keys=[self._stream], args=[self._group, self._consumer, *from_stream]
-            )
-        if scheduled:
-            lease_end = self._now_ms() + self._lease_ms
-            await self._renew_scheduled(
-                keys=[self._retry, self._owners],
-                args=[lease_end, self._consumer, 0, *scheduled],
-            )
+            held = [*self._running.values(), *self._waiting]
+            if held:
+                await self._store.renew(
+                    self._consumer,
+                    held,
+                    lease_end_ms=self._now_ms() + self._lease_ms,
+                    lease_ms=self._lease_ms,
+                )
 
     # Handling one entry ------------------------------------------------------------
 
-    def _take(self, entry: _Entry) -> None:
+    def _take(self, entry: Taken) -> None:
         """Queue a taken entry and start it as soon as a handler slot is free."""
         self._waiting.append(entry)
         self._dispatch()
@@ -317,21 +244,25 @@ class Consumer:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)
+        self.last_progress = time.monotonic()
         self._dispatch()
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
+            # The entry stays leased to nobody: it returns after the lease.
             logger.error(
-                "worker %s: bookkeeping of a message failed: %s",
+                "worker %s: recording the outcome of a message failed: %s",
                 self.name,
                 task.exception(),
                 extra={"worker": self.name},
             )
 
-    async def _handle(self, entry: _Entry) -> None:
+    async def _handle(self, entry: Taken) -> None:
         try:
             received = self._decode(entry)
         except DecodeError as error:
             await self._dead_letter(entry, str(error))
+            return
+        if entry.idempotency_key and not await self._claim_key(entry, received):
             return
         ctx = self._context(received, entry)
         started = time.perf_counter()
@@ -343,14 +274,46 @@ class Consumer:
         self._log_done(entry, received, time.perf_counter() - started)
         await self._succeeded(entry)
 
-    def _decode(self, entry: _Entry) -> Received[Any]:
+    def _decode(self, entry: Taken) -> Received[Any]:
         where = "the stream entry"
         if entry.data is None:
             raise DecodeError(f"{where} has no {ENVELOPE_FIELD.decode()!r} field")
         envelope = decode_envelope(entry.data, where=where)
+        entry.idempotency_key = envelope.idempotency_key
         return received_from(self._worker.spec, envelope, where=where)
 
-    def _context(self, received: Received[Any], entry: _Entry) -> Context:
+    async def _claim_key(self, entry: Taken, received: Received[Any]) -> bool:
+        """Claim the entry's idempotency key; False if it must not run now."""
+        key = entry.idempotency_key
+        state = await self._store.claim_key(entry, self._consumer, self._lease_ms)
+        if state == "claimed":
+            return True
+        entry.idempotency_key = ""  # not ours: neither renew nor release it
+        if state == "done":
+            self.stats.duplicates += 1
+            logger.info(
+                "worker %s: skipped %s %s: key %r was completed already",
+                self.name,
+                received.name,
+                entry.entry_id,
+                key,
+                extra={"worker": self.name, "ray_id": received.ray_id},
+            )
+            await self._store.count("duplicates")
+            await self._succeeded(entry)
+            return False
+        # Another handler runs the same key right now: look again soon, and until it
+        # has finished or its lease has run out.
+        due_ms = self._now_ms() + min(self._lease_ms // 4, BUSY_KEY_RECHECK_MS)
+        await self._store.schedule(
+            entry, due_ms=due_ms, failed=entry.attempt - 1, counts_as_retry=False
+        )
+        asyncio.get_running_loop().call_later(
+            (due_ms - self._now_ms()) / 1000, self._wakeup.set
+        )
+        return False
+
+    def _context(self, received: Received[Any], entry: Taken) -> Context:
         return Context(
             self._client,
             name=self._worker.name,
@@ -360,9 +323,10 @@ class Consumer:
             ts=self._now_ms(),
             req_ts=received.ts,
             attempt=entry.attempt,
+            redelivered=entry.redelivered,
         )
 
-    def _log_done(self, entry: _Entry, received: Received[Any], took: float) -> None:
+    def _log_done(self, entry: Taken, received: Received[Any], took: float) -> None:
         self.stats.handled += 1
         logger.debug(
             "worker %s handled %s %s (attempt %d) in %.1fms",
@@ -379,26 +343,21 @@ class Consumer:
             },
         )
 
-    async def _succeeded(self, entry: _Entry) -> None:
-        if not entry.scheduled:
+    async def _succeeded(self, entry: Taken) -> None:
+        if entry.idempotency_key:
+            window_ms = int(self._worker.idempotency_window * 1000)
+            await self._store.key_done(entry.idempotency_key, window_ms)
+        if entry.scheduled:
+            await self._store.complete_retry(entry.entry_id)
+        else:
             self._ack(entry.entry_id)
-            return
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zrem(self._retry, entry.entry_id)
-        pipe.hdel(self._attempts, entry.entry_id)
-        pipe.hdel(self._owners, entry.entry_id)
-        await pipe.execute()
 
     async def _failed(
-        self, entry: _Entry, received: Received[Any], error: Exception
+        self, entry: Taken, received: Received[Any], error: Exception
     ) -> None:
         self.stats.failed += 1
-        extra = {
-            "worker": self.name,
-            "ray_id": received.ray_id,
-            "request_id": received.request_id,
-            "attempt": entry.attempt,
-        }
+        if entry.idempotency_key:
+            await self._store.release_key(entry, self._consumer)
         if self._worker.backoff.gives_up_after(entry.attempt):
             reason = f"gave up after attempt {entry.attempt}: {_describe(error)}"
             await self._dead_letter(entry, reason)
@@ -412,24 +371,20 @@ class Consumer:
             entry.attempt,
             delay,
             _describe(error),
-            extra=extra,
+            extra={
+                "worker": self.name,
+                "ray_id": received.ray_id,
+                "request_id": received.request_id,
+                "attempt": entry.attempt,
+            },
             # The first failure shows where it came from; later ones only say it again.
             exc_info=entry.attempt == 1 and not isinstance(error, ChirpError),
         )
-        await self._schedule(entry, self._now_ms() + int(delay * 1000))
+        due_ms = self._now_ms() + int(delay * 1000)
+        await self._store.schedule(entry, due_ms=due_ms, failed=entry.attempt)
         asyncio.get_running_loop().call_later(delay, self._wakeup.set)
 
-    async def _schedule(self, entry: _Entry, due_ms: int) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zadd(self._retry, {entry.entry_id: due_ms})
-        pipe.hset(self._attempts, entry.entry_id, entry.attempt)
-        pipe.hdel(self._owners, entry.entry_id)
-        pipe.hincrby(self._stats, "retries", 1)
-        if not entry.scheduled:
-            pipe.xack(self._stream, self._group, entry.entry_id)
-        await pipe.execute()
-
-    async def _dead_letter(self, entry: _Entry, reason: str) -> None:
+    async def _dead_letter(self, entry: Taken, reason: str) -> None:
         self.stats.dead += 1
         logger.error(
             "worker %s: dead-lettered entry %s: %s",
@@ -438,34 +393,7 @@ class Consumer:
             reason,
             extra={"worker": self.name, "attempt": entry.attempt},
         )
-        fields: dict[str, str | bytes | int] = {
-            "entry_id": entry.entry_id,
-            "stream": self._stream,
-            "worker": self.name,
-            "reason": reason,
-            "attempts": entry.attempt,
-            "ts": self._now_ms(),
-        }
-        if entry.data is not None:
-            fields["envelope"] = entry.data
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(self._dead, fields)  # type: ignore[arg-type]
-        pipe.xack(self._stream, self._group, entry.entry_id)
-        pipe.zrem(self._retry, entry.entry_id)
-        pipe.hdel(self._attempts, entry.entry_id)
-        pipe.hdel(self._owners, entry.entry_id)
-        pipe.hincrby(self._stats, "dead_letters", 1)
-        await pipe.execute()
-
-    async def _count_lost(self, count: int) -> None:
-        logger.warning(
-            "worker %s: %d pending entries were deleted from %s before handling",
-            self.name,
-            count,
-            self._stream,
-            extra={"worker": self.name},
-        )
-        await self._redis.hincrby(self._stats, "lost", count)
+        await self._store.dead_letter(entry, reason=reason, now_ms=self._now_ms())
 
     # Acks and hand-back ------------------------------------------------------------
 
@@ -480,7 +408,7 @@ class Consumer:
             while self._acks:
                 ids, self._acks = self._acks, []
                 try:
-                    await self._redis.xack(self._stream, self._group, *ids)
+                    await self._store.ack(ids)
                 except (RedisError, OSError) as error:
                     # Unacked entries are redelivered after the lease: at least once.
                     logger.warning(
@@ -498,28 +426,12 @@ class Consumer:
         if self._ack_flusher is not None:
             await self._ack_flusher
 
-    async def _hand_back(self, entries: list[_Entry]) -> None:
-        """Make cancelled entries available to other consumers at once."""
-        from_stream: list[str | bytes | int | memoryview] = [
-            e.entry_id for e in entries if not e.scheduled
-        ]
-        scheduled = [e.entry_id for e in entries if e.scheduled]
+    async def _hand_back(self, entries: list[Taken]) -> None:
+        """Make unfinished entries available to other consumers at once."""
+        if not entries:
+            return
         try:
-            if from_stream:
-                await self._redis.xclaim(
-                    self._stream,
-                    self._group,
-                    self._consumer,
-                    0,
-                    from_stream,
-                    idle=HANDBACK_IDLE_MS,
-                    justid=True,
-                )
-            if scheduled:
-                await self._renew_scheduled(
-                    keys=[self._retry, self._owners],
-                    args=[self._now_ms(), self._consumer, 1, *scheduled],
-                )
+            await self._store.hand_back(self._consumer, entries, now_ms=self._now_ms())
         except (RedisError, OSError) as error:
             logger.warning(
                 "worker %s: handing back %d entries failed; they return after "
@@ -529,24 +441,15 @@ class Consumer:
                 error,
                 extra={"worker": self.name},
             )
-        if entries:
-            logger.info(
-                "worker %s: handed back %d unfinished entries",
-                self.name,
-                len(entries),
-                extra={"worker": self.name},
-            )
+            return
+        logger.info(
+            "worker %s: handed back %d unfinished entries",
+            self.name,
+            len(entries),
+            extra={"worker": self.name},
+        )
 
     # Helpers -----------------------------------------------------------------------
-
-    async def _ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(
-                self._stream, self._group, id="0", mkstream=True
-            )
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
 
     async def _free_slots(self) -> int:
         """Wait for a free handler slot; return how many are free, 0 once stopping.

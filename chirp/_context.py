@@ -58,6 +58,8 @@ class Context:
         ts: When this context started, in ms since the Unix epoch.
         req_ts: When the triggering request started (a message's publish time).
         attempt: For a worker, which attempt at the message this is (from 1).
+        redelivered: For a worker, True unless this is the message's first delivery
+            (a retry, or a takeover after a host stopped).
         deadline: `loop.time()` by which the work must finish, or None.
     """
 
@@ -68,6 +70,7 @@ class Context:
         "deadline",
         "name",
         "ray_id",
+        "redelivered",
         "req_ts",
         "request_id",
         "trace",
@@ -85,6 +88,7 @@ class Context:
         ts: int,
         req_ts: int | None = None,
         attempt: int = 1,
+        redelivered: bool = False,
         deadline: float | None = None,
     ) -> None:
         self._client = client
@@ -96,6 +100,7 @@ class Context:
         self.ts = ts
         self.req_ts = ts if req_ts is None else req_ts
         self.attempt = attempt
+        self.redelivered = redelivered
         self.deadline = deadline
 
     @property
@@ -153,22 +158,36 @@ class Context:
         """Call an operation on behalf of this context: ``operation(ctx, request)``."""
         return await operation(self, request)
 
-    async def msg(self, body: Message) -> Published:
+    async def msg(
+        self, body: Message, *, idempotency_key: str | None = None
+    ) -> Published:
         """Publish a message: write it durably to its stream, then announce it on NATS.
 
         Returns once the stream write succeeded.
+
+        Args:
+            body: The message.
+            idempotency_key: Workers complete each key at most once; defaults to the
+                value of the field the schema names as ``idempotency_key``, if any.
 
         Raises:
             PublishError: The durable write failed after its retries.
             SchemaError: The body's class has no valid ``(chirp.message)`` option.
         """
-        return await self._publish(body, message_spec(type(body)), new_id())
+        spec = message_spec(type(body))
+        return await self._publish(body, spec, new_id(), idempotency_key)
 
     async def _publish(
-        self, body: Message, spec: MessageSpec[Any], request_id: str
+        self,
+        body: Message,
+        spec: MessageSpec[Any],
+        request_id: str,
+        idempotency_key: str | None = None,
     ) -> Published:
         parameters = spec.parameter_values(body)
-        data = self._envelope(spec.name, parameters, body, request_id)
+        if idempotency_key is None:
+            idempotency_key = spec.idempotency_key_of(body)
+        data = self._envelope(spec.name, parameters, body, request_id, idempotency_key)
         names = self._client.names
         write = DurableWrite(names.stream_key(spec.name), data)
         if spec.tail_ttl_ms:
@@ -184,6 +203,7 @@ class Context:
         parameters: tuple[str, ...],
         body: Message,
         request_id: str,
+        idempotency_key: str,
     ) -> bytes:
         trace = [
             TraceEntryProto(
@@ -202,6 +222,7 @@ class Context:
             ts=int(time.time() * 1000),
             trace=trace,
             body=body.SerializeToString(),
+            idempotency_key=idempotency_key,
         )
         return envelope.SerializeToString()
 

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chirp._errors import PublishError
+from chirp._store import trim_script
 from chirp._wire import ENVELOPE_FIELD
 
 logger = logging.getLogger(__name__)
@@ -40,18 +41,31 @@ class DurableWrite:
 class StreamWriter:
     """Append envelopes to Redis Streams, batching concurrent callers into pipelines.
 
+    Every `retention // 4` writes to a stream, the writer trims it: to its newest
+    `retention` entries, but never past an entry a consumer group still needs.
+
     Args:
         redis: The client to write with.
         attempts: Tries of one batch before its writers get `PublishError`.
         retry_delay: Seconds before the second try; doubles after each.
+        retention: Entries a stream keeps at least, once every group has them.
     """
 
     def __init__(
-        self, redis: redis_asyncio.Redis, *, attempts: int, retry_delay: float
+        self,
+        redis: redis_asyncio.Redis,
+        *,
+        attempts: int,
+        retry_delay: float,
+        retention: int,
     ) -> None:
         self._redis = redis
         self._attempts = attempts
         self._retry_delay = retry_delay
+        self._retention = retention
+        self._trim_every = max(retention // 4, 100)
+        self._trim = trim_script(redis)
+        self._written: dict[str, int] = {}
         self._queue: list[tuple[DurableWrite, asyncio.Future[bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -100,6 +114,19 @@ class StreamWriter:
                 )
             else:
                 future.set_result(result)
+        await self._trim_streams([write.stream for write, _ in batch])
+
+    async def _trim_streams(self, streams: list[str]) -> None:
+        """Trim the streams of a batch that are due; the publishers have returned."""
+        for stream in streams:
+            self._written[stream] = self._written.get(stream, 0) + 1
+        due = [s for s, n in self._written.items() if n >= self._trim_every]
+        for stream in due:
+            self._written[stream] = 0
+            try:
+                await self._trim(keys=[stream], args=[self._retention])
+            except (RedisError, OSError) as error:
+                logger.warning("trimming %s failed; next time: %s", stream, error)
 
     async def _send_with_retries(
         self, writes: list[DurableWrite]

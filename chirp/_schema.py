@@ -46,12 +46,20 @@ class MessageSpec(Generic[M]):
         name: Kebab-case message name, e.g. ``user-create``.
         parameters: Ordered names of the body fields that route the message.
         tail_ttl_ms: How long the latest envelope per parameter set is kept; 0: not.
+        idempotency_field: The body field whose value is the idempotency key, or "".
     """
 
     cls: type[M]
     name: str
     parameters: tuple[str, ...]
     tail_ttl_ms: int
+    idempotency_field: str = ""
+
+    def idempotency_key_of(self, body: M) -> str:
+        """Return the idempotency key the schema takes from `body`, or ""."""
+        if not self.idempotency_field:
+            return ""
+        return parameter_text(getattr(body, self.idempotency_field))
 
     def parameter_values(self, body: M) -> tuple[str, ...]:
         """Return the routing parameter values of `body`, as strings."""
@@ -137,7 +145,11 @@ def _read_spec(cls: type[Message]) -> MessageSpec[Message]:
     fields = {f.name: (f.is_repeated, f.type) for f in descriptor.fields}
     check_declaration(descriptor.full_name, declared, fields)
     return MessageSpec(
-        cls, declared.name, tuple(declared.parameters), int(declared.tail_ttl_ms)
+        cls,
+        declared.name,
+        tuple(declared.parameters),
+        int(declared.tail_ttl_ms),
+        declared.idempotency_key,
     )
 
 
@@ -162,6 +174,14 @@ def check_declaration(
             f"{full_name} declares message name {declared.name!r}; names are "
             "kebab-case: lowercase letters, digits and single dashes"
         )
+    key = declared.idempotency_key
+    if key and (
+        key not in fields or fields[key][0] or fields[key][1] not in _ROUTABLE_TYPES
+    ):
+        raise SchemaError(
+            f"idempotency_key {key!r} of {full_name} must name a single string, "
+            "integer or bool field"
+        )
     parameters = list(declared.parameters)
     if len(set(parameters)) != len(parameters):
         raise SchemaError(f"{full_name} lists a parameter twice: {parameters}")
@@ -171,9 +191,13 @@ def check_declaration(
                 f"{full_name} lists parameter {parameter!r}, which is not "
                 "one of its fields"
             )
-        repeated, kind = fields[parameter]
-        if repeated or kind not in _ROUTABLE_TYPES:
+        if not _routable(fields[parameter]):
             raise SchemaError(
                 f"parameter {parameter!r} of {full_name} must be a single "
                 "string, integer or bool field"
             )
+
+
+def _routable(field: tuple[bool, int] | None) -> bool:
+    """Tell whether a field (repeated, type) can give a parameter or key value."""
+    return field is not None and not field[0] and field[1] in _ROUTABLE_TYPES

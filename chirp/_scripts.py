@@ -1,16 +1,16 @@
-"""Lua scripts that make a consumer's multi-key steps atomic in Redis.
+"""Lua scripts that make a worker's multi-key steps atomic in Redis.
 
-Each script is loaded once per client and called by its SHA (redis-py's `Script`).
+Each script is registered once per client and called by its SHA (redis-py's `Script`).
 """
 
 from __future__ import annotations
 
 # Take due retries: move their score to the end of a lease and record the owner, so
 # that exactly one consumer runs each, and a crashed owner's entry becomes due again.
-# KEYS: retry zset, attempts hash, owners hash
+# KEYS: retry zset, attempts hash, owners hash, retry data hash
 # ARGV: now_ms, lease_ms, limit, consumer
 # Returns: the score of the first entry left after claiming (-1 if none), then
-# id, failed_attempts, id, failed_attempts, ...
+# id, failed_attempts, envelope ('' if its copy is missing), id, ...
 CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local out = {-1}
@@ -20,6 +20,7 @@ for _, id in ipairs(due) do
   redis.call('HSET', KEYS[3], id, ARGV[4])
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGET', KEYS[2], id) or '0'
+  out[#out + 1] = redis.call('HGET', KEYS[4], id) or ''
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if first[2] then out[1] = tonumber(first[2]) end
@@ -42,8 +43,8 @@ end
 return renewed
 """
 
-# Renew the leases of scheduled retries this consumer runs, or hand them back (make
-# them due at once) when the lease end given is the current time.
+# Renew the leases of scheduled retries this consumer runs; with release = 1, hand
+# them back instead (the lease end given is then the current time).
 # KEYS: retry zset, owners hash
 # ARGV: lease_end_ms, consumer, release (1 or 0), id...
 RENEW_SCHEDULED = """
@@ -56,4 +57,75 @@ for i = 4, #ARGV do
   end
 end
 return renewed
+"""
+
+# Claim an idempotency key for one run of a handler.
+# KEYS: the key's marker
+# ARGV: token of this run (consumer and entry id), lease_ms
+# Returns: 'claimed' (run it), 'done' (completed before), 'busy' (another runs it).
+CLAIM_KEY = """
+local marker = redis.call('GET', KEYS[1])
+local mine = 'running:' .. ARGV[1]
+if not marker or marker == mine then
+  redis.call('SET', KEYS[1], mine, 'PX', ARGV[2])
+  return 'claimed'
+end
+if marker == 'done' then return 'done' end
+return 'busy'
+"""
+
+# Renew (release = 0) or release (release = 1) idempotency keys held by given runs.
+# KEYS: the markers
+# ARGV: lease_ms, release, then the token of the run holding each marker, in order
+RENEW_KEYS = """
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == 'running:' .. ARGV[i + 2] then
+    if ARGV[2] == '1' then
+      redis.call('DEL', key)
+    else
+      redis.call('PEXPIRE', key, ARGV[1])
+    end
+  end
+end
+return 0
+"""
+
+# Trim a stream, keeping at least its newest `retain` entries and every entry that a
+# consumer group has not acknowledged: pending ones and those not yet delivered.
+# KEYS: stream
+# ARGV: retain
+# Returns: how many entries were removed.
+TRIM = """
+local function parse(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local function older(a, b)
+  local ams, aseq = parse(a)
+  local bms, bseq = parse(b)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+local retain = tonumber(ARGV[1])
+if redis.call('XLEN', KEYS[1]) <= retain then return 0 end
+local floor
+if retain > 0 then
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', retain)
+  floor = newest[#newest][1]
+else
+  floor = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1]
+  local ms, seq = parse(floor)
+  floor = ms .. '-' .. (seq + 1)
+end
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+  local ms, seq = parse(info['last-delivered-id'])
+  local unseen = ms .. '-' .. (seq + 1)
+  if older(unseen, floor) then floor = unseen end
+  if info['pending'] > 0 then
+    local oldest = redis.call('XPENDING', KEYS[1], info['name'])[2]
+    if older(oldest, floor) then floor = oldest end
+  end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', floor)
 """

@@ -116,12 +116,20 @@ class Names:
         """Return the hash of failed attempts per stream entry id of a worker."""
         return f"{self._keys}:attempts:{worker}"
 
+    def retry_data_key(self, worker: str) -> str:
+        """Return the hash holding a copy of each scheduled retry's envelope."""
+        return f"{self._keys}:retry-data:{worker}"
+
+    def done_key(self, worker: str, idempotency_key: str) -> str:
+        """Return the marker of one idempotency key of a worker."""
+        return f"{self._keys}:done:{worker}:{escape(idempotency_key)}"
+
     def owners_key(self, worker: str) -> str:
         """Return the hash naming the consumer running each scheduled retry."""
         return f"{self._keys}:owner:{worker}"
 
     def stats_key(self, worker: str) -> str:
-        """Return the hash of a worker's counters (retries, dead letters, lost)."""
+        """Return the hash of a worker's counters (retries, dead letters, ...)."""
         return f"{self._keys}:stats:{worker}"
 
 

@@ -33,6 +33,7 @@ class Worker(Generic[M]):
         lease: Seconds an entry stays claimed by a host without renewal; a crashed
             host's entries are taken over after this long.
         backoff: Retry policy for handlers that raise.
+        idempotency_window: Seconds a completed idempotency key is remembered.
     """
 
     def __init__(
@@ -45,12 +46,14 @@ class Worker(Generic[M]):
         batch: int,
         lease: float,
         backoff: Backoff,
+        idempotency_window: float = 3600.0,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise UsageError(f"worker name {name!r} must be kebab-case")
-        if concurrency < 1 or batch < 1 or lease <= 0:
+        if concurrency < 1 or batch < 1 or lease <= 0 or idempotency_window <= 0:
             raise UsageError(
-                f"worker {name!r} needs concurrency >= 1, batch >= 1 and lease > 0"
+                f"worker {name!r} needs concurrency >= 1, batch >= 1, lease > 0 "
+                "and idempotency_window > 0"
             )
         self.fn = fn
         self.name = name
@@ -59,6 +62,7 @@ class Worker(Generic[M]):
         self.batch = batch
         self.lease = lease
         self.backoff = backoff
+        self.idempotency_window = idempotency_window
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -82,6 +86,7 @@ def worker(
     batch: int = 64,
     lease: float = 30.0,
     backoff: Backoff | None = None,
+    idempotency_window: float = 3600.0,
 ) -> Callable[[WorkerHandler[M]], Worker[M]]: ...
 
 
@@ -94,12 +99,15 @@ def worker(
     batch: int = 64,
     lease: float = 30.0,
     backoff: Backoff | None = None,
+    idempotency_window: float = 3600.0,
 ) -> Worker[M] | Callable[[WorkerHandler[M]], Worker[M]]:
     """Declare an async function ``(ctx, message) -> None`` as a worker.
 
     The consumed message comes from the annotation of the second parameter. The name
     defaults to the function name in kebab-case. A worker cannot fail: if it raises,
-    the message is retried with `backoff` (by default forever).
+    the message is retried with `backoff` (by default forever). A message with an
+    idempotency key is completed at most once per key within `idempotency_window`
+    seconds, even when it is delivered or published more than once.
 
     Raises:
         UsageError: The function is not async, or its message is not a Chirp message.
@@ -114,6 +122,7 @@ def worker(
             batch=batch,
             lease=lease,
             backoff=backoff or Backoff(),
+            idempotency_window=idempotency_window,
         )
 
     return wrap if fn is None else wrap(fn)

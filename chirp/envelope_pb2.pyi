@@ -61,12 +61,15 @@ class Envelope(_message.Message):
     TS_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     ray_id: _builtins.str
     request_id: _builtins.str
     ts: _builtins.int
     """Publish time in milliseconds since the Unix epoch."""
     body: _builtins.bytes
+    idempotency_key: _builtins.str
+    """When not empty, workers complete this key at most once within their window."""
     @_builtins.property
     def parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -83,10 +86,11 @@ class Envelope(_message.Message):
         ts: _builtins.int = ...,
         trace: _abc.Iterable[Global___TraceEntry] | None = ...,
         body: _builtins.bytes = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "name", b"name", "parameters", b"parameters", "ray_id", b"ray_id", "request_id", b"request_id", "trace", b"trace", "ts", b"ts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "idempotency_key", b"idempotency_key", "name", b"name", "parameters", b"parameters", "ray_id", b"ray_id", "request_id", b"request_id", "trace", b"trace", "ts", b"ts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

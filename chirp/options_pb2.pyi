@@ -36,10 +36,15 @@ class MessageOptions(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     TAIL_TTL_MS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Kebab-case name of the message, unique in the system: "user-create"."""
     tail_ttl_ms: _builtins.int
     """When above zero, the latest envelope per parameter set is kept for this long."""
+    idempotency_key: _builtins.str
+    """Name of a body field whose value is the message's idempotency key: workers
+    complete each key at most once within their deduplication window.
+    """
     @_builtins.property
     def parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ordered names of body fields whose values route the message (subject and tail key)."""
@@ -50,10 +55,11 @@ class MessageOptions(_message.Message):
         name: _builtins.str = ...,
         parameters: _abc.Iterable[_builtins.str] | None = ...,
         tail_ttl_ms: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters", "tail_ttl_ms", b"tail_ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "name", b"name", "parameters", b"parameters", "tail_ttl_ms", b"tail_ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
