@@ -7,20 +7,25 @@ and nowhere else: the library only creates loggers.
 
 import asyncio
 import logging
+import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis.asyncio as redis_asyncio
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.table import Table
 
 from chirp._codegen import CodegenError, generate
 from chirp._config import NAMESPACE_VARIABLE, NATS_URL_VARIABLE, REDIS_URL_VARIABLE
+from chirp._dead_letters import DeadLetters
 from chirp._embedded import embedded_servers
-from chirp._errors import ChirpError
+from chirp._errors import ChirpError, UsageError
 from chirp._host import DEFAULT_GRACE, load_workers, run_host
+from chirp._wire import Names
 from chirp._worker import Worker
 
 app = typer.Typer(
@@ -214,6 +219,124 @@ def _load_or_exit(modules: list[str], paths: list[Path] | None) -> list[Worker[A
     except ChirpError as exc:
         _err.print(str(exc), style="red", markup=False)
         raise typer.Exit(2) from exc
+
+
+dead_letters = typer.Typer(
+    name="dead-letters",
+    no_args_is_help=True,
+    help="List, show, replay or drop a worker's dead letters.",
+)
+app.add_typer(dead_letters)
+
+_Worker = Annotated[str, typer.Argument(help="The worker's name.")]
+_Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+_Ids = Annotated[list[str] | None, typer.Argument(help="Dead-letter ids (see `list`).")]
+_All = Annotated[bool, typer.Option("--all", help="Every dead letter of the worker.")]
+
+
+@dead_letters.command("list")
+def dead_letters_list(
+    worker: _Worker,
+    count: Annotated[int, typer.Option(help="How many, oldest first.")] = 100,
+    json_output: _Json = False,
+    redis_url: _RedisUrl = None,
+    namespace: _Namespace = None,
+) -> None:
+    """List a worker's dead letters with their reasons and attempt counts."""
+
+    async def job(store: DeadLetters) -> None:
+        letters = [letter.describe() for letter in await store.oldest(count)]
+        if json_output:
+            _out.print_json(data=letters)
+            return
+        table = Table("id", "entry", "message", "attempts", "reason")
+        for row in letters:
+            table.add_row(
+                row["dead_id"],
+                row["entry_id"],
+                row.get("name", "?"),
+                str(row["attempts"]),
+                row["reason"],
+            )
+        _out.print(table)
+        _out.print(f"{len(letters)} dead letter(s) of {worker}.", markup=False)
+
+    _run_or_exit(_with_dead_letters(worker, redis_url, namespace, job))
+
+
+@dead_letters.command("show")
+def dead_letters_show(
+    worker: _Worker,
+    dead_id: Annotated[str, typer.Argument(help="The dead letter's id.")],
+    redis_url: _RedisUrl = None,
+    namespace: _Namespace = None,
+) -> None:
+    """Show one dead letter as JSON, with its envelope decoded."""
+
+    async def job(store: DeadLetters) -> None:
+        _out.print_json(data=(await store.get(dead_id)).describe())
+
+    _run_or_exit(_with_dead_letters(worker, redis_url, namespace, job))
+
+
+@dead_letters.command("replay")
+def dead_letters_replay(
+    worker: _Worker,
+    dead_ids: _Ids = None,
+    all_: _All = False,
+    redis_url: _RedisUrl = None,
+    namespace: _Namespace = None,
+) -> None:
+    """Hand dead letters back to the worker, keeping their ray and request ids."""
+
+    async def job(store: DeadLetters) -> None:
+        ids = await _chosen(store, dead_ids, all_)
+        replayed = await store.replay(ids)
+        _out.print(f"Replayed {replayed} dead letter(s) to {worker}.", markup=False)
+
+    _run_or_exit(_with_dead_letters(worker, redis_url, namespace, job))
+
+
+@dead_letters.command("drop")
+def dead_letters_drop(
+    worker: _Worker,
+    dead_ids: _Ids = None,
+    all_: _All = False,
+    redis_url: _RedisUrl = None,
+    namespace: _Namespace = None,
+) -> None:
+    """Delete dead letters for good."""
+
+    async def job(store: DeadLetters) -> None:
+        dropped = await store.drop(await _chosen(store, dead_ids, all_))
+        _out.print(f"Dropped {dropped} dead letter(s) of {worker}.", markup=False)
+
+    _run_or_exit(_with_dead_letters(worker, redis_url, namespace, job))
+
+
+async def _chosen(
+    store: DeadLetters, dead_ids: list[str] | None, all_: bool
+) -> list[str]:
+    if all_ == bool(dead_ids):
+        raise UsageError("name dead-letter ids, or pass --all (not both)")
+    return await store.all_ids() if all_ else list(dead_ids or [])
+
+
+async def _with_dead_letters(
+    worker: str,
+    redis_url: str | None,
+    namespace: str | None,
+    job: Callable[[DeadLetters], Awaitable[None]],
+) -> None:
+    url = redis_url or os.environ.get(REDIS_URL_VARIABLE)
+    if not url:
+        raise UsageError(f"no Redis URL: set {REDIS_URL_VARIABLE} or pass --redis-url")
+    names = Names(namespace or os.environ.get(NAMESPACE_VARIABLE, ""))
+    redis = redis_asyncio.Redis.from_url(url)
+    try:
+        await job(DeadLetters(redis, names, worker))
+    finally:
+        await redis.aclose()
 
 
 def _run_or_exit(job: Coroutine[Any, Any, None]) -> None:

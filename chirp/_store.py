@@ -59,18 +59,6 @@ class Taken:
     idempotency_key: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One entry of a worker's dead-letter stream."""
-
-    dead_id: str
-    entry_id: str
-    reason: str
-    attempts: int
-    ts: int
-    envelope: bytes | None
-
-
 class WorkerStore:
     """The Redis keys of one worker and the atomic steps on them.
 
