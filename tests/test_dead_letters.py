@@ -33,7 +33,7 @@ def _cli(servers: EmbeddedServers, ns: str, *args: str) -> str:
             "dead-letters",
             *args,
             "--namespace",
-            namespace,
+            ns,
         ],
         env=env,
         capture_output=True,
