@@ -137,6 +137,18 @@ _Namespace = Annotated[
 ]
 
 
+_HealthPort = Annotated[
+    int | None,
+    typer.Option(
+        envvar="CHIRP_HEALTH_PORT",
+        help="Serve GET /livez and /readyz on this port (none by default).",
+    ),
+]
+_HealthHost = Annotated[
+    str, typer.Option(help="Address the health endpoint listens on.")
+]
+
+
 @app.command()
 def run(
     modules: _Modules,
@@ -145,9 +157,12 @@ def run(
     nats_url: _NatsUrl = None,
     redis_url: _RedisUrl = None,
     namespace: _Namespace = None,
+    health_port: _HealthPort = None,
+    health_host: _HealthHost = "0.0.0.0",
 ) -> None:
     """Run every worker of MODULE... until SIGTERM or SIGINT."""
     workers = _load_or_exit(modules, path)
+    health = None if health_port is None else (health_host, health_port)
     _run_or_exit(
         run_host(
             workers,
@@ -155,6 +170,7 @@ def run(
             redis_url=redis_url,
             namespace=namespace,
             grace=grace,
+            health=health,
         )
     )
 

@@ -34,6 +34,8 @@ Clock = Callable[[], float]
 # the longest sleep of the schedule loop.
 READ_BLOCK_MS = 1000
 _ERROR_PAUSE_SECONDS = 0.5
+# Least time without progress before liveness fails; twice the lease when longer.
+STALL_FLOOR_SECONDS = 10.0
 # How soon a message whose idempotency key another handler holds is looked at again.
 BUSY_KEY_RECHECK_MS = 1000
 
@@ -98,6 +100,27 @@ class Consumer:
         """The worker's name."""
         return self._worker.name
 
+    @property
+    def stall_limit(self) -> float:
+        """Seconds without progress after which the consumer counts as stuck."""
+        return max(STALL_FLOOR_SECONDS, 2 * self._worker.lease)
+
+    def liveness(self, now: float) -> dict[str, Any]:
+        """Tell whether the consumer still consumes, with the facts behind it.
+
+        Args:
+            now: `time.monotonic()` now.
+        """
+        loops_running = bool(self._loops) and not any(t.done() for t in self._loops)
+        quiet = now - self.last_progress
+        return {
+            "alive": loops_running and quiet < self.stall_limit,
+            "loops_running": loops_running,
+            "seconds_since_progress": round(quiet, 3),
+            "in_flight": len(self._running),
+            "waiting": len(self._waiting),
+        }
+
     async def start(self) -> None:
         """Create the consumer group if needed and start consuming."""
         await self._store.ensure_group()
@@ -139,22 +162,31 @@ class Consumer:
         while not self._stopping.is_set():
             try:
                 await loop()
-            except (RedisError, OSError) as error:
-                logger.warning(
-                    "worker %s: Redis call failed, retrying: %s",
-                    self.name,
-                    error,
-                    extra={"worker": self.name},
-                )
-                await self._pause(_ERROR_PAUSE_SECONDS)
-            except Exception:
-                # A bug must not silently stop consumption: report it and go on.
-                logger.exception(
-                    "worker %s: consumer loop failed, restarting it",
-                    self.name,
-                    extra={"worker": self.name},
-                )
-                await self._pause(_ERROR_PAUSE_SECONDS)
+            except Exception as error:
+                # redis-py may turn a cancellation into its own error; honour it.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
+                await self._recover(error)
+
+    async def _recover(self, error: Exception) -> None:
+        """Report a failed loop step and pause before the next."""
+        if isinstance(error, RedisError | OSError):
+            logger.warning(
+                "worker %s: Redis call failed, retrying: %s",
+                self.name,
+                error,
+                extra={"worker": self.name},
+            )
+        else:
+            # A bug must not silently stop consumption: report it and go on.
+            logger.error(
+                "worker %s: consumer loop failed, restarting it",
+                self.name,
+                exc_info=error,
+                extra={"worker": self.name},
+            )
+        await self._pause(_ERROR_PAUSE_SECONDS)
 
     async def _read_loop(self) -> None:
         """Take new entries from the stream while handler slots are free."""

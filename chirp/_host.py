@@ -14,6 +14,7 @@ from typing import Any
 from chirp._client import Client
 from chirp._consumer import Consumer
 from chirp._errors import UsageError
+from chirp._health import HealthServer
 from chirp._worker import Worker, workers_in
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class WorkerHost:
         client: A connected client.
         workers: The workers to run; each becomes one consumer in its group.
         grace: Seconds in-flight handlers get to finish when the host stops.
+        health: Where to serve ``/livez`` and ``/readyz`` as (host, port); None
+            serves nothing.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class WorkerHost:
         workers: Sequence[Worker[Any]],
         *,
         grace: float = DEFAULT_GRACE,
+        health: tuple[str, int] | None = None,
     ) -> None:
         self._client = client
         self._grace = grace
@@ -72,11 +76,18 @@ class WorkerHost:
             Consumer(worker, client, consumer=self.consumer_name) for worker in workers
         ]
         self._stop = asyncio.Event()
+        self.health: HealthServer | None = None
+        if health is not None:
+            self.health = HealthServer(
+                client, self.consumers, host=health[0], port=health[1]
+            )
 
     async def start(self) -> None:
-        """Start every consumer."""
+        """Start every consumer, then the health endpoint."""
         for consumer in self.consumers:
             await consumer.start()
+        if self.health is not None:
+            await self.health.start()
         logger.info(
             "worker host %s running %d worker(s): %s",
             self.consumer_name,
@@ -93,6 +104,8 @@ class WorkerHost:
         logger.info(
             "worker host %s stopping (grace %ss)", self.consumer_name, self._grace
         )
+        if self.health is not None:
+            await self.health.stop()
         await asyncio.gather(*(c.stop(self._grace) for c in self.consumers))
         logger.info("worker host %s stopped", self.consumer_name)
 
@@ -117,6 +130,7 @@ async def run_host(
     redis_url: str | None = None,
     namespace: str | None = None,
     grace: float = DEFAULT_GRACE,
+    health: tuple[str, int] | None = None,
 ) -> None:
     """Connect and run `workers` until SIGTERM or SIGINT arrives, then drain."""
     client = Client(
@@ -126,4 +140,4 @@ async def run_host(
         namespace=namespace,
     )
     async with client:
-        await WorkerHost(client, workers, grace=grace).run()
+        await WorkerHost(client, workers, grace=grace, health=health).run()
