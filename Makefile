@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lint types test gen demo
+.PHONY: venv lint types test gen demo bench
 
 venv: $(STAMP)
 
@@ -32,3 +32,18 @@ gen: venv
 
 demo: venv
 	PYTHONPATH=examples $(BIN)/python -m arena.demo $(if $(REQUESTS),--requests $(REQUESTS))
+
+# The peers (FastStream, Taskiq) and the plotting and profiling tools live in a venv of
+# their own, so nothing the benchmark needs ever reaches the project's dependencies.
+PEERS := bench/.venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP):
+	$(PY) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --upgrade pip
+	$(PEERS)/bin/python -m pip install 'faststream[redis,nats]' taskiq taskiq-redis matplotlib py-spy
+	touch $@
+
+# `make bench ARGS=--quick` for the short run, `ARGS='--only worker'` for one suite.
+bench: venv $(PEERS_STAMP)
+	$(BIN)/python -m bench $(ARGS)

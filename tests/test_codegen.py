@@ -135,3 +135,11 @@ def test_committed_generated_files_are_current(tree: str) -> None:
     files = generate(root, check=True)
 
     assert any(path.name.endswith("_pb2.py") for path in files)
+
+
+def test_benchmark_generated_files_are_current() -> None:
+    repo = Path(__file__).parent.parent
+
+    files = generate(repo / "bench" / "proto", out=repo, check=True)
+
+    assert [path.name for path in files] == ["messages_pb2.py", "messages_pb2.pyi"]

@@ -1,0 +1,5 @@
+"""`python -m bench`: run the benchmark suite."""
+
+from bench.run import main
+
+main()

@@ -1,0 +1,1 @@
+"""The benchmarks, one module per measured area; each exposes ``async run(lab)``."""
