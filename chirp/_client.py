@@ -83,6 +83,7 @@ class Client:
             raise
         self._writer = StreamWriter(
             self._redis,
+            self._nats,
             attempts=self.settings.publish_attempts,
             retry_delay=self.settings.publish_retry_delay,
             retention=self.settings.stream_retention,

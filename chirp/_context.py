@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from google.protobuf.message import Message
-from nats.errors import Error as NatsError
 
 from chirp._errors import ChirpTimeoutError, MessageFailed, UsageError
 from chirp._ids import new_id
@@ -66,6 +65,10 @@ class Context:
     __slots__ = (
         "_client",
         "_log",
+        "_own_entry",
+        "_parent",
+        "_trace",
+        "_trace_wire",
         "attempt",
         "deadline",
         "name",
@@ -73,7 +76,6 @@ class Context:
         "redelivered",
         "req_ts",
         "request_id",
-        "trace",
         "ts",
     )
 
@@ -84,7 +86,8 @@ class Context:
         name: str,
         ray_id: str,
         request_id: str,
-        trace: tuple[TraceEntry, ...],
+        trace: tuple[TraceEntry, ...] | None = None,
+        parent: Context | None = None,
         ts: int,
         req_ts: int | None = None,
         attempt: int = 1,
@@ -93,15 +96,30 @@ class Context:
     ) -> None:
         self._client = client
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
+        # A child's trace is its parent's plus the parent's own entry, built only when
+        # something reads it: most operation calls never do.
+        self._trace = trace if parent is None else None
+        self._parent = parent
+        self._own_entry: TraceEntry | None = None
+        self._trace_wire: bytes | None = None
         self.name = name
         self.ray_id = ray_id
         self.request_id = request_id
-        self.trace = trace
         self.ts = ts
         self.req_ts = ts if req_ts is None else req_ts
         self.attempt = attempt
         self.redelivered = redelivered
         self.deadline = deadline
+
+    @property
+    def trace(self) -> tuple[TraceEntry, ...]:
+        """The hops that led here, oldest first."""
+        if self._trace is None:
+            parent = self._parent
+            self._trace = (
+                () if parent is None else (*parent.trace, parent.own_trace_entry())
+            )
+        return self._trace
 
     @property
     def client(self) -> Client:
@@ -143,7 +161,7 @@ class Context:
             name=name,
             ray_id=self.ray_id,
             request_id=new_id(),
-            trace=(*self.trace, self.own_trace_entry()),
+            parent=self,
             ts=int(time.time() * 1000),
             req_ts=self.req_ts,
             deadline=deadline,
@@ -151,8 +169,10 @@ class Context:
 
     def own_trace_entry(self) -> TraceEntry:
         """Return the hop this context adds to the trace of what it causes."""
-        test = self._client.settings.test
-        return TraceEntry(self.name, self.request_id, self.ts, test)
+        if self._own_entry is None:
+            test = self._client.settings.test
+            self._own_entry = TraceEntry(self.name, self.request_id, self.ts, test)
+        return self._own_entry
 
     async def call(self, operation: Operation[Req, Resp], request: Req) -> Resp:
         """Call an operation on behalf of this context: ``operation(ctx, request)``."""
@@ -189,12 +209,13 @@ class Context:
             idempotency_key = spec.idempotency_key_of(body)
         data = self._envelope(spec.name, parameters, body, request_id, idempotency_key)
         names = self._client.names
-        write = DurableWrite(names.stream_key(spec.name), data)
+        write = DurableWrite(
+            names.stream_key(spec.name), data, names.subject(spec.name, parameters)
+        )
         if spec.tail_ttl_ms:
             write.tail_key = names.tail_key(spec.name, parameters)
             write.tail_ttl_ms = spec.tail_ttl_ms
         entry_id = await self._client.writer.write(write)
-        await self._announce(names.subject(spec.name, parameters), data)
         return Published(request_id, entry_id.decode())
 
     def _envelope(
@@ -205,39 +226,32 @@ class Context:
         request_id: str,
         idempotency_key: str,
     ) -> bytes:
-        trace = [
-            TraceEntryProto(
-                context_name=t.context_name,
-                request_id=t.request_id,
-                ts=t.ts,
-                test=t.test,
-            )
-            for t in (*self.trace, self.own_trace_entry())
-        ]
         envelope = Envelope(
             name=name,
             parameters=parameters,
             ray_id=self.ray_id,
             request_id=request_id,
             ts=int(time.time() * 1000),
-            trace=trace,
             body=body.SerializeToString(),
             idempotency_key=idempotency_key,
         )
-        return envelope.SerializeToString()
+        # Serialised Protobuf messages concatenate into their merge, so the trace,
+        # the same for everything this context publishes, is serialised only once.
+        return envelope.SerializeToString() + self._trace_bytes()
 
-    async def _announce(self, nats_subject: str, data: bytes) -> None:
-        # The message is durable already: a NATS failure only costs realtime
-        # subscribers this one message, and raising would invite a duplicate publish.
-        try:
-            await self._client.nats.publish(nats_subject, data)
-        except NatsError as error:
-            logger.warning(
-                "message written durably but not announced on %s: %s",
-                nats_subject,
-                error,
-                extra={"ray_id": self.ray_id},
-            )
+    def _trace_bytes(self) -> bytes:
+        if self._trace_wire is None:
+            hops = [
+                TraceEntryProto(
+                    context_name=t.context_name,
+                    request_id=t.request_id,
+                    ts=t.ts,
+                    test=t.test,
+                )
+                for t in (*self.trace, self.own_trace_entry())
+            ]
+            self._trace_wire = Envelope(trace=hops).SerializeToString()
+        return self._trace_wire
 
     async def subscribe(
         self, message: type[M], params: Params | None = None

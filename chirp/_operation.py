@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar, overload
 from google.protobuf.message import Message
 
 from chirp._context import Context
+from chirp._deadline import watch
 from chirp._errors import ChirpError, ChirpTimeoutError, InternalError, UsageError
 
 Req = TypeVar("Req", bound=Message)
@@ -64,20 +65,24 @@ class Operation(Generic[Req, Resp]):
                 f"got {type(request).__name__}"
             )
         child = ctx.child(self.name, timeout=self.timeout)
+        assert child.deadline is not None
+        deadline = watch(child.deadline)
         try:
-            async with asyncio.timeout_at(child.deadline):
-                response = await self.fn(child, request)
+            response = await self.fn(child, request)
         except ChirpError:
             raise
-        except TimeoutError as error:
-            if child.deadline is not None and _passed(child.deadline):
-                raise ChirpTimeoutError(
-                    f"operation {self.name!r} missed its deadline "
-                    f"(timeout {self.timeout}s, ray {ctx.ray_id})"
-                ) from error
-            raise self._internal(child, error) from error
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            deadline.task.uncancel()
+            raise ChirpTimeoutError(
+                f"operation {self.name!r} missed its deadline "
+                f"(timeout {self.timeout}s, ray {ctx.ray_id})"
+            ) from None
         except Exception as error:
             raise self._internal(child, error) from error
+        finally:
+            deadline.release()
         if type(response) is not self.response_type:
             raise InternalError(
                 f"operation {self.name!r} returned {type(response).__name__}, "
@@ -92,10 +97,6 @@ class Operation(Generic[Req, Resp]):
             f"(ray {child.ray_id})",
             ray_id=child.ray_id,
         )
-
-
-def _passed(deadline: float) -> bool:
-    return asyncio.get_running_loop().time() >= deadline
 
 
 @overload

@@ -1,4 +1,4 @@
-"""Durable writes of messages, shared across concurrent publishers.
+"""Durable writes of messages, shared across concurrent publishers, then announced.
 
 A publish is durable once its ``XADD`` returned. Concurrent publishers share round
 trips: writes queue up while one pipeline is in flight and go out together in the next
@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 
 import redis.asyncio as redis_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -30,10 +32,11 @@ _MAX_BATCH = 512
 
 @dataclass(slots=True)
 class DurableWrite:
-    """One envelope to append to a stream, and optionally to keep as a tail."""
+    """One envelope to append to a stream, announce on NATS, maybe keep as a tail."""
 
     stream: str
     data: bytes
+    subject: str
     tail_key: str | None = None
     tail_ttl_ms: int = 0
 
@@ -54,12 +57,14 @@ class StreamWriter:
     def __init__(
         self,
         redis: redis_asyncio.Redis,
+        nats: NatsClient,
         *,
         attempts: int,
         retry_delay: float,
         retention: int,
     ) -> None:
         self._redis = redis
+        self._nats = nats
         self._attempts = attempts
         self._retry_delay = retry_delay
         self._retention = retention
@@ -106,15 +111,30 @@ class StreamWriter:
                     future.set_exception(error)
             return
         for (write, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
             if isinstance(result, BaseException):
-                future.set_exception(
-                    PublishError(f"Redis refused the write to {write.stream}: {result}")
-                )
-            else:
+                if not future.done():
+                    future.set_exception(
+                        PublishError(
+                            f"Redis refused the write to {write.stream}: {result}"
+                        )
+                    )
+                continue
+            await self._announce(write)
+            if not future.done():
                 future.set_result(result)
         await self._trim_streams([write.stream for write, _ in batch])
+
+    async def _announce(self, write: DurableWrite) -> None:
+        # The message is durable already: a NATS failure only costs realtime
+        # subscribers this one message, and raising would invite a duplicate publish.
+        try:
+            await self._nats.publish(write.subject, write.data)
+        except NatsError as error:
+            logger.warning(
+                "message written durably but not announced on %s: %s",
+                write.subject,
+                error,
+            )
 
     async def _trim_streams(self, streams: list[str]) -> None:
         """Trim the streams of a batch that are due; the publishers have returned."""
@@ -156,6 +176,12 @@ class StreamWriter:
         raise AssertionError("unreachable")
 
     async def _send(self, writes: list[DurableWrite]) -> list[bytes | BaseException]:
+        if len(writes) == 1 and writes[0].tail_key is None:
+            # A lone publisher: one command costs less than a pipeline of one.
+            entry_id = await self._redis.xadd(
+                writes[0].stream, {ENVELOPE_FIELD: writes[0].data}
+            )
+            return _entry_ids(writes, [entry_id])
         pipe = self._redis.pipeline(transaction=False)
         for write in writes:
             pipe.xadd(write.stream, {ENVELOPE_FIELD: write.data})

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.message import Message
@@ -29,8 +29,7 @@ M = TypeVar("M", bound=Message)
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEntry:
+class TraceEntry(NamedTuple):
     """One hop of a ray: the context that published a message or called an operation."""
 
     context_name: str
@@ -118,10 +117,11 @@ class Subscription(Generic[M]):
         try:
             for subject in subjects:
                 self._subs.append(await self._nats.subscribe(subject, cb=self._on_msg))
-            # nats-py writes a flush's PING straight to the socket, possibly ahead of
-            # the SUB still in its buffer; only the second PONG proves the server has
-            # the subscription.
-            await self._nats.flush()
+            # nats-py queues the SUB for its flusher task but writes a flush's PING
+            # straight to the socket, so a PONG alone does not prove the server has
+            # the subscription. Yielding once lets the flusher, already woken by the
+            # SUB, write it first; the PONG then follows it.
+            await asyncio.sleep(0)
             await self._nats.flush()
         except Exception as error:
             await self.close()

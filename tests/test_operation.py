@@ -196,3 +196,33 @@ def test_non_protobuf_annotation_is_refused() -> None:
         @chirp.operation  # type: ignore[type-var]
         async def takes_text(ctx: chirp.Context, req: str) -> EchoResponse:
             return EchoResponse()
+
+
+async def test_a_deadline_leaves_the_caller_task_uncancelled(
+    client: chirp.Client,
+) -> None:
+    with pytest.raises(chirp.ChirpTimeoutError):
+        await hasty(client.context(), EchoRequest(sleep=2))
+
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await asyncio.sleep(0.02)
+
+
+async def test_nested_expiry_is_reported_once(client: chirp.Client) -> None:
+    parent = client.context().child("parent", timeout=0.05)
+
+    with pytest.raises(chirp.ChirpTimeoutError):
+        await nested(parent, EchoRequest(sleep=2))
+
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_outside_cancellation_is_not_a_timeout(client: chirp.Client) -> None:
+    call = asyncio.create_task(echo(client.context(), EchoRequest(sleep=2)))
+    await asyncio.sleep(0.05)
+    call.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await call
