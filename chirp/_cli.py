@@ -363,6 +363,30 @@ def _run_or_exit(job: Coroutine[Any, Any, None]) -> None:
         raise typer.Exit(2) from exc
 
 
+@app.command()
+def errors(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="PATH",
+            help="An errors.toml file, or a directory holding one (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """Print the error codes of PATH... and Chirp's own as a Markdown reference."""
+    # Imported here: no other command needs the registry.
+    from chirp._registry import Registry
+
+    try:
+        registry = Registry.load(*(paths or []))
+    except ChirpError as exc:
+        _err.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+
+    # Plain stdout, not the rich console: the reference must not wrap or be styled.
+    typer.echo(registry.reference(), nl=False)
+
+
 def main() -> None:
     """Run the `chirp` command line."""
     app()

@@ -3,7 +3,9 @@
 Every request gets a root context, so its ray id (returned in the ``X-Ray-Id`` header)
 ties together everything the request caused: the messages it published, the workers
 that handled them, the operations they called. Reads call operations in-process;
-writes publish a message and wait for the worker's answer.
+writes publish a message and wait for the worker's answer. Errors answer through
+`chirp.api_error` with the codes of the arena's ``errors.toml`` files, whose reference
+``GET /errors`` serves.
 
 Run it with ``uvicorn arena.gateway:app``; it connects to the servers named by
 ``CHIRP_NATS_URL`` and ``CHIRP_REDIS_URL``.
@@ -11,25 +13,20 @@ Run it with ``uvicorn arena.gateway:app``; it connects to the servers named by
 
 from __future__ import annotations
 
-import logging
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from chirp import (
-    ChirpTimeoutError,
-    Client,
-    Context,
-    MessageFailed,
-    OperationError,
-)
+from chirp import Client, Context, api_error
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from arena.errors import registry
 from arena.notify.operations import notification_list
 from arena.proto.notify_pb2 import Notification, NotificationListRequest
 from arena.proto.user_pb2 import (
@@ -43,47 +40,40 @@ from arena.proto.user_pb2 import (
 )
 from arena.user.operations import user_get
 
-logger = logging.getLogger(__name__)
-
 RAY_HEADER = "X-Ray-Id"
 # Seconds a write waits for the worker's answer before the client gets a 504.
 WRITE_TIMEOUT = 10.0
 
-# Failure messages carry a code but no HTTP status: the API decides what they mean.
-_FAILURE_STATUS = {
-    "HANDLE_TAKEN": 409,
-    "USER_EXISTS": 409,
-    "ALREADY_FOLLOWING": 409,
-    "USER_NOT_FOUND": 404,
-    "CANNOT_FOLLOW_SELF": 400,
-}
+# Where an error answer's documentation link points: this gateway's own reference.
+DOCS_URL = os.environ.get("ARENA_ERRORS_URL", "/errors")
+# With "1", 5xx answers carry the exception's text: for development only.
+VERBOSE_ERRORS = os.environ.get("ARENA_VERBOSE_ERRORS") == "1"
 _HANDLE = re.compile(r"^[a-z0-9_]{2,30}$")
 
 Json = dict[str, Any]
 Endpoint = Callable[[Request, Context], Awaitable[Json]]
 
 
-def error_response(error: Exception, ray_id: str) -> JSONResponse:
-    """Return the HTTP answer to an error: ``{"code": ..., "message": ...}``.
+def error_response(error: Exception, ray_id: str) -> Response:
+    """Return the HTTP answer to an error, as `chirp.api_error` makes it.
 
     Business errors keep their status (message failures get theirs from their code),
     a missed deadline is a 504, and any other error, Chirp's or not, is a 500 that
     names the ray to look up.
     """
-    if isinstance(error, MessageFailed):
-        status = _FAILURE_STATUS.get(error.code, error.status)
-        return JSONResponse({"code": error.code, "message": error.message}, status)
-    if isinstance(error, OperationError):
-        return JSONResponse(
-            {"code": error.code, "message": error.message}, error.status
-        )
-    if isinstance(error, ChirpTimeoutError):
-        logger.warning("request timed out: %s", error, extra={"ray_id": ray_id})
-        return JSONResponse({"code": "TIMEOUT", "message": str(error)}, 504)
-
-    logger.error("request failed: %s", error, extra={"ray_id": ray_id}, exc_info=error)
-    message = f"internal error; look up ray {ray_id}"
-    return JSONResponse({"code": "INTERNAL", "message": message}, 500)
+    answer = api_error(
+        error,
+        registry=registry,
+        verbose=VERBOSE_ERRORS,
+        docs_url=DOCS_URL,
+        ray_id=ray_id,
+    )
+    return Response(
+        answer.content(),
+        answer.status,
+        answer.headers,
+        media_type="application/json",
+    )
 
 
 def endpoint(handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
@@ -96,6 +86,7 @@ def endpoint(handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         client: Client = request.state.client
         ctx = client.context()
+        response: Response
         try:
             response = JSONResponse(await handler(request, ctx))
         except Exception as error:
@@ -111,8 +102,7 @@ async def create_user(request: Request, ctx: Context) -> Json:
     """``POST /users`` ``{handle, display_name}``: register a player."""
     body = await _json_object(request)
     handle = _text(body, "handle")
-    if not _HANDLE.match(handle):
-        raise _bad_request(f"handle {handle!r} must be 2 to 30 of a-z, 0-9 and _")
+    registry.ensure(_HANDLE.match(handle), "INVALID_HANDLE", handle=handle)
     create = UserCreate(
         user_id="u" + secrets.token_hex(8),
         handle=handle,
@@ -162,8 +152,7 @@ async def follow_user(request: Request, ctx: Context) -> Json:
 async def list_notifications(request: Request, ctx: Context) -> Json:
     """``GET /users/{user_id}/notifications?limit=N``: newest first."""
     limit = request.query_params.get("limit", "0")
-    if not limit.isdigit():
-        raise _bad_request(f"limit must be a whole number, got {limit!r}")
+    registry.ensure(limit.isdigit(), "INVALID_QUERY", name="limit", value=limit)
     list_request = NotificationListRequest(
         user_id=request.path_params["user_id"], limit=int(limit)
     )
@@ -177,25 +166,26 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def errors(request: Request) -> Response:
+    """``GET /errors``: the reference of every error code, in Markdown."""
+    return PlainTextResponse(registry.reference(), media_type="text/markdown")
+
+
 async def _json_object(request: Request) -> Json:
     try:
         body = await request.json()
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise _bad_request("the request body must be a JSON object")
+        registry.bail("INVALID_JSON")
     return body
 
 
 def _text(body: Json, field: str) -> str:
     value = body.get(field)
     if not isinstance(value, str) or not value.strip():
-        raise _bad_request(f"field {field!r} must be a non-empty string")
+        registry.bail("INVALID_FIELD", field=field)
     return value
-
-
-def _bad_request(message: str) -> OperationError:
-    return OperationError("INVALID_REQUEST", message, status=400)
 
 
 def _notification_json(notification: Notification) -> Json:
@@ -220,6 +210,7 @@ app = Starlette(
         Route("/users/{user_id}/follow", follow_user, methods=["POST"]),
         Route("/users/{user_id}/notifications", list_notifications, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/errors", errors, methods=["GET"]),
     ],
     lifespan=lifespan,
 )

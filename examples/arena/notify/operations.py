@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from chirp import Context, OperationError, operation
+from chirp import Context, operation
 
+from arena.errors import registry
 from arena.notify import store
 from arena.proto.notify_pb2 import NotificationListRequest, NotificationListResponse
 
@@ -20,12 +21,12 @@ async def notification_list(
         OperationError: INVALID_LIMIT (status 400) if the limit is negative or above
             the maximum.
     """
-    if not 0 <= request.limit <= store.MAX_LIMIT:
-        raise OperationError(
-            "INVALID_LIMIT",
-            f"limit must be between 0 and {store.MAX_LIMIT}, got {request.limit}",
-            status=400,
-        )
+    registry.ensure(
+        0 <= request.limit <= store.MAX_LIMIT,
+        "INVALID_LIMIT",
+        maximum=store.MAX_LIMIT,
+        limit=request.limit,
+    )
 
     limit = request.limit or store.DEFAULT_LIMIT
     notifications = await store.list_notifications(request.user_id, limit=limit)

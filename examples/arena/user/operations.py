@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from chirp import Context, OperationError, operation
+from chirp import Context, operation
 
+from arena.errors import registry
 from arena.proto.user_pb2 import User, UserGetRequest, UserGetResponse
 from arena.user import store
 
@@ -15,11 +16,8 @@ async def user_get(ctx: Context, request: UserGetRequest) -> UserGetResponse:
     Raises:
         OperationError: USER_NOT_FOUND (status 404) if there is no such user.
     """
-    record = await store.get_user(request.user_id)
-    if record is None:
-        raise OperationError(
-            "USER_NOT_FOUND", f"user {request.user_id!r} does not exist", status=404
-        )
+    found = await store.get_user(request.user_id)
+    record = registry.unwrap(found, "USER_NOT_FOUND", user_id=request.user_id)
 
     return UserGetResponse(
         user=User(
