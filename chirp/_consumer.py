@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from chirp._context import Context
 from chirp._errors import ChirpError, DecodeError
+from chirp._schema import failure_for
 from chirp._store import Taken, WorkerStore
 from chirp._subscribe import Received, received_from
 from chirp._wire import ENVELOPE_FIELD, decode_envelope
@@ -36,6 +37,9 @@ READ_BLOCK_MS = 1000
 _ERROR_PAUSE_SECONDS = 0.5
 # Least time without progress before liveness fails; twice the lease when longer.
 STALL_FLOOR_SECONDS = 10.0
+# Codes of Chirp's own refusals (see chirp/errors.toml).
+STALE = "CHIRP_STALE_MESSAGE"
+RECURSIVE = "CHIRP_RECURSIVE_MESSAGE"
 # How soon a message whose idempotency key another handler holds is looked at again.
 BUSY_KEY_RECHECK_MS = 1000
 
@@ -294,9 +298,13 @@ class Consumer:
         except DecodeError as error:
             await self._dead_letter(entry, str(error))
             return
+        ctx = self._context(received, entry)
+        refusal = self._refusal(received)
+        if refusal is not None:
+            await self._refuse(entry, ctx, received, *refusal)
+            return
         if entry.idempotency_key and not await self._claim_key(entry, received):
             return
-        ctx = self._context(received, entry)
         started = time.perf_counter()
         try:
             await self._worker.fn(ctx, received.body)
@@ -304,6 +312,44 @@ class Consumer:
             await self._failed(entry, received, error)
             return
         self._log_done(entry, received, time.perf_counter() - started)
+        await self._succeeded(entry)
+
+    def _refusal(self, received: Received[Any]) -> tuple[str, str] | None:
+        """Return the code and reason to refuse a message with, or None to run it."""
+        worker = self._worker
+        if worker.max_age is not None:
+            age = self._clock() - received.ts / 1000
+            if age > worker.max_age:
+                return STALE, (
+                    f"{received.name} {received.request_id} is {age:.1f}s old, past "
+                    f"the {worker.max_age}s max_age of worker {worker.name}"
+                )
+        if not worker.allow_recursive and any(
+            hop.context_name == worker.name for hop in received.trace
+        ):
+            return RECURSIVE, (
+                f"{received.name} {received.request_id} already passed through "
+                f"worker {worker.name} on ray {received.ray_id}"
+            )
+        return None
+
+    async def _refuse(
+        self, entry: Taken, ctx: Context, received: Received[Any], code: str, why: str
+    ) -> None:
+        """Answer a refused message with the worker's failure, or dead-letter it."""
+        failure = self._worker.failure
+        if failure is None:
+            await self._dead_letter(entry, f"{code}: {why}")
+            return
+        logger.warning(
+            "worker %s refused %s: %s",
+            self.name,
+            entry.entry_id,
+            why,
+            extra={"worker": self.name, "ray_id": received.ray_id, "code": code},
+        )
+        await ctx.msg(failure_for(failure.cls, received.body, code=code, text=why))
+        await self._store.count(code)
         await self._succeeded(entry)
 
     def _decode(self, entry: Taken) -> Received[Any]:

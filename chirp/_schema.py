@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -201,3 +201,34 @@ def check_declaration(
 def _routable(field: tuple[bool, int] | None) -> bool:
     """Tell whether a field (repeated, type) can give a parameter or key value."""
     return field is not None and not field[0] and field[1] in _ROUTABLE_TYPES
+
+
+def failure_for(
+    cls: type[Message], source: Message, *, code: str, text: str
+) -> Message:
+    """Build a failure message: fields shared with `source`, then `code` and `message`.
+
+    A field is copied when both messages have a singular scalar field of that name and
+    type; `code` and `message` are set when the failure message has such string fields.
+    """
+    failure = cls()
+    fields = source.DESCRIPTOR.fields_by_name
+    for field in cls.DESCRIPTOR.fields:
+        twin = fields.get(field.name)
+        if _same_scalar(field, twin):
+            setattr(failure, field.name, getattr(source, field.name))
+    own = cls.DESCRIPTOR.fields_by_name
+    for name, value in (("code", code), ("message", text)):
+        if name in own and own[name].type == FieldDescriptor.TYPE_STRING:
+            setattr(failure, name, value)
+    return failure
+
+
+def _same_scalar(field: Any, twin: Any) -> bool:
+    return (
+        twin is not None
+        and twin.type == field.type
+        and not field.is_repeated
+        and not twin.is_repeated
+        and field.type != FieldDescriptor.TYPE_MESSAGE
+    )

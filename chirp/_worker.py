@@ -34,6 +34,13 @@ class Worker(Generic[M]):
             host's entries are taken over after this long.
         backoff: Retry policy for handlers that raise.
         idempotency_window: Seconds a completed idempotency key is remembered.
+        failure: The message that reports a business failure of this worker; Chirp
+            publishes it for the conditions below, filling the fields it shares with
+            the consumed message, and `code` and `message` when it has them.
+        max_age: Seconds after its publication a message is too old to handle: it
+            is answered with `failure` (code ``CHIRP_STALE_MESSAGE``) instead.
+        allow_recursive: Handle messages whose trace already passed through this
+            worker; by default they are answered with ``CHIRP_RECURSIVE_MESSAGE``.
     """
 
     def __init__(
@@ -47,6 +54,9 @@ class Worker(Generic[M]):
         lease: float,
         backoff: Backoff,
         idempotency_window: float = 3600.0,
+        failure: type[Message] | None = None,
+        max_age: float | None = None,
+        allow_recursive: bool = False,
     ) -> None:
         if not _NAME.fullmatch(name):
             raise UsageError(f"worker name {name!r} must be kebab-case")
@@ -63,6 +73,9 @@ class Worker(Generic[M]):
         self.lease = lease
         self.backoff = backoff
         self.idempotency_window = idempotency_window
+        self.failure = None if failure is None else message_spec(failure)
+        self.max_age = max_age
+        self.allow_recursive = allow_recursive
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -87,6 +100,9 @@ def worker(
     lease: float = 30.0,
     backoff: Backoff | None = None,
     idempotency_window: float = 3600.0,
+    failure: type[Message] | None = None,
+    max_age: float | None = None,
+    allow_recursive: bool = False,
 ) -> Callable[[WorkerHandler[M]], Worker[M]]: ...
 
 
@@ -100,6 +116,9 @@ def worker(
     lease: float = 30.0,
     backoff: Backoff | None = None,
     idempotency_window: float = 3600.0,
+    failure: type[Message] | None = None,
+    max_age: float | None = None,
+    allow_recursive: bool = False,
 ) -> Worker[M] | Callable[[WorkerHandler[M]], Worker[M]]:
     """Declare an async function ``(ctx, message) -> None`` as a worker.
 
@@ -123,6 +142,9 @@ def worker(
             lease=lease,
             backoff=backoff or Backoff(),
             idempotency_window=idempotency_window,
+            failure=failure,
+            max_age=max_age,
+            allow_recursive=allow_recursive,
         )
 
     return wrap if fn is None else wrap(fn)

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from chirptest.messages_pb2 import Ping, PingDone
+from chirptest.messages_pb2 import Ping, PingDone, PingFailed
 
 import chirp
 from chirp import Backoff, Client, Context
@@ -328,3 +328,68 @@ async def test_handler_context_describes_the_message(
     assert ctx.name == unique_name
     assert ctx.attempt == 1
     assert 0.2 <= ctx.req_dt < 10
+
+
+async def test_a_recursive_message_is_refused_with_its_code(
+    client: Client, unique_name: str
+) -> None:
+    runs: list[str] = []
+
+    @chirp.worker(name=unique_name, failure=PingFailed)
+    async def echo_loop(ctx: Context, msg: Ping) -> None:
+        runs.append(msg.text)
+        await ctx.msg(Ping(key=msg.key, text="again"))
+
+    ctx = client.context()
+    async with (
+        await ctx.subscribe(PingFailed, {"key": "loop"}) as failures,
+        running_workers(client, echo_loop),
+    ):
+        await ctx.msg(Ping(key="loop", text="first"))
+        refused = await failures.next(timeout=5)
+
+    assert runs == ["first"]
+    assert refused.body.code == "CHIRP_RECURSIVE_MESSAGE"
+    assert refused.body.key == "loop"
+    assert unique_name in refused.body.message
+    assert await _pending(client, unique_name) == 0
+
+
+async def test_a_stale_message_is_answered_not_handled(
+    client: Client, unique_name: str
+) -> None:
+    runs: list[str] = []
+
+    @chirp.worker(name=unique_name, failure=PingFailed, max_age=0.3)
+    async def fresh_only(ctx: Context, msg: Ping) -> None:
+        runs.append(msg.key)
+
+    ctx = client.context()
+    await ctx.msg(Ping(key="old"))
+    await asyncio.sleep(0.5)
+    async with (
+        await ctx.subscribe(PingFailed) as failures,
+        running_workers(client, fresh_only),
+    ):
+        refused = await failures.next(timeout=5)
+        await ctx.msg(Ping(key="new"))
+        await _wait_for(lambda: runs == ["new"])
+
+    assert refused.body.code == "CHIRP_STALE_MESSAGE"
+    assert refused.body.key == "old"
+
+
+async def test_a_refusal_without_failure_message_is_dead_lettered(
+    client: Client, unique_name: str
+) -> None:
+    @chirp.worker(name=unique_name, max_age=0.1)
+    async def strict(ctx: Context, msg: Ping) -> None:
+        raise AssertionError("a stale message must not run")
+
+    await client.context().msg(Ping(key="old"))
+    await asyncio.sleep(0.3)
+    dead_key = client.names.dead_letter_key(unique_name)
+    async with running_workers(client, strict):
+        await _wait_for_async(lambda: client.redis.xlen(dead_key), 1)
+    [(_, fields)] = await client.redis.xrange(dead_key)
+    assert fields[b"reason"].startswith(b"CHIRP_STALE_MESSAGE: ")
