@@ -11,13 +11,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from chirp._context import Context
 from chirp._errors import ChirpError, DecodeError
+from chirp._metrics import WorkerMetrics
 from chirp._schema import failure_for
 from chirp._store import Taken, WorkerStore
 from chirp._subscribe import Received, received_from
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from chirp._client import Client
 
 logger = logging.getLogger(__name__)
+# One line per handled message, at INFO: its own logger, so it can be turned down.
+handled_logger = logging.getLogger("chirp.handled")
 
 Clock = Callable[[], float]
 
@@ -42,16 +44,6 @@ STALE = "CHIRP_STALE_MESSAGE"
 RECURSIVE = "CHIRP_RECURSIVE_MESSAGE"
 # How soon a message whose idempotency key another handler holds is looked at again.
 BUSY_KEY_RECHECK_MS = 1000
-
-
-@dataclass(slots=True)
-class ConsumerStats:
-    """What one consumer did since it started."""
-
-    handled: int = 0
-    failed: int = 0
-    dead: int = 0
-    duplicates: int = 0
 
 
 class Consumer:
@@ -97,7 +89,7 @@ class Consumer:
         self._next_reclaim_ms = 0
         # When a loop last heard from Redis or a handler last finished (monotonic).
         self.last_progress = time.monotonic()
-        self.stats = ConsumerStats()
+        self._metrics = WorkerMetrics(worker.name, worker.spec.name)
 
     @property
     def name(self) -> str:
@@ -124,6 +116,10 @@ class Consumer:
             "in_flight": len(self._running),
             "waiting": len(self._waiting),
         }
+
+    async def levels(self) -> dict[str, int]:
+        """Return the worker's pending, lag, scheduled and dead-letter counts now."""
+        return await self._store.levels()
 
     async def start(self) -> None:
         """Create the consumer group if needed and start consuming."""
@@ -305,13 +301,19 @@ class Consumer:
             return
         if entry.idempotency_key and not await self._claim_key(entry, received):
             return
+        self._metrics.receive_lag.observe(max(0.0, self._clock() - received.ts / 1000))
         started = time.perf_counter()
         try:
             await self._worker.fn(ctx, received.body)
         except Exception as error:
+            self._metrics.handler_seconds.observe(time.perf_counter() - started)
             await self._failed(entry, received, error)
             return
-        self._log_done(entry, received, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._metrics.handler_seconds.observe(took)
+        self._metrics.ok.inc()
+        if handled_logger.isEnabledFor(logging.INFO):
+            self._log_done(entry, received, took)
         await self._succeeded(entry)
 
     def _refusal(self, received: Received[Any]) -> tuple[str, str] | None:
@@ -350,6 +352,7 @@ class Consumer:
         )
         await ctx.msg(failure_for(failure.cls, received.body, code=code, text=why))
         await self._store.count(code)
+        self._metrics.refused.inc()
         await self._succeeded(entry)
 
     def _decode(self, entry: Taken) -> Received[Any]:
@@ -368,7 +371,7 @@ class Consumer:
             return True
         entry.idempotency_key = ""  # not ours: neither renew nor release it
         if state == "done":
-            self.stats.duplicates += 1
+            self._metrics.duplicate.inc()
             logger.info(
                 "worker %s: skipped %s %s: key %r was completed already",
                 self.name,
@@ -405,8 +408,7 @@ class Consumer:
         )
 
     def _log_done(self, entry: Taken, received: Received[Any], took: float) -> None:
-        self.stats.handled += 1
-        logger.debug(
+        handled_logger.info(
             "worker %s handled %s %s (attempt %d) in %.1fms",
             self.name,
             received.name,
@@ -433,7 +435,6 @@ class Consumer:
     async def _failed(
         self, entry: Taken, received: Received[Any], error: Exception
     ) -> None:
-        self.stats.failed += 1
         if entry.idempotency_key:
             await self._store.release_key(entry, self._consumer)
         if self._worker.backoff.gives_up_after(entry.attempt):
@@ -460,10 +461,11 @@ class Consumer:
         )
         due_ms = self._now_ms() + int(delay * 1000)
         await self._store.schedule(entry, due_ms=due_ms, failed=entry.attempt)
+        self._metrics.retry.inc()
         asyncio.get_running_loop().call_later(delay, self._wakeup.set)
 
     async def _dead_letter(self, entry: Taken, reason: str) -> None:
-        self.stats.dead += 1
+        self._metrics.dead.inc()
         logger.error(
             "worker %s: dead-lettered entry %s: %s",
             self.name,

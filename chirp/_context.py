@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from chirp._errors import ChirpTimeoutError, MessageFailed, UsageError
 from chirp._ids import new_id
+from chirp._metrics import PUBLISH_SECONDS, histogram
 from chirp._publish import DurableWrite
 from chirp._schema import MessageSpec, message_spec
 from chirp._subscribe import Received, Subscription, TraceEntry, received_from
@@ -215,7 +216,9 @@ class Context:
         if spec.tail_ttl_ms:
             write.tail_key = names.tail_key(spec.name, parameters)
             write.tail_ttl_ms = spec.tail_ttl_ms
+        started = time.perf_counter()
         entry_id = await self._client.writer.write(write)
+        histogram(PUBLISH_SECONDS, spec.name).observe(time.perf_counter() - started)
         return Published(request_id, entry_id.decode())
 
     def _envelope(

@@ -1,4 +1,4 @@
-"""The worker host's health endpoint: liveness from consumption progress, readiness.
+"""The worker host's HTTP endpoint: liveness, readiness and Prometheus metrics.
 
 - ``GET /livez``: 200 while every consumer's loops are running and each has heard
   from Redis or finished a handler within its stall limit; 503 otherwise. A host that
@@ -6,9 +6,11 @@
   fails it, so an orchestrator restarts it and another instance takes its messages.
 - ``GET /readyz``: 200 while NATS is connected and Redis answers PING; 503 otherwise.
 
-The body is a small JSON object saying why. Only these two paths are served; anything
-else gets 404. The protocol is one request per connection (HTTP/1.0 style), which is
-all probes need.
+- ``GET /metrics``: Prometheus metrics (see `chirp._metrics`); the per-worker levels
+  (pending, lag, scheduled, dead letters) are read from Redis for each scrape.
+
+Probes get a small JSON object saying why. Other paths get 404. The protocol is one
+request per connection (HTTP/1.0 style), which is all probes and scrapers need.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from chirp._metrics import DEAD_LETTERS, LAG, PENDING, SCHEDULED
+
 if TYPE_CHECKING:
     from chirp._client import Client
     from chirp._consumer import Consumer
 
 logger = logging.getLogger(__name__)
 
+_JSON = "application/json"
 _READ_TIMEOUT = 5.0
 _PING_TIMEOUT = 1.0
 
@@ -100,10 +107,9 @@ class HealthServer:
                 request = await reader.readline()
                 while (await reader.readline()).strip():
                     pass  # headers: nothing in them matters here
-            status, body = await self._answer(request)
-            payload = json.dumps(body).encode()
+            status, content_type, payload = await self._answer(request)
             writer.write(
-                f"HTTP/1.0 {status}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
                 + payload
             )
@@ -113,13 +119,30 @@ class HealthServer:
         finally:
             writer.close()
 
-    async def _answer(self, request: bytes) -> tuple[str, dict[str, Any]]:
+    async def metrics(self) -> bytes:
+        """Return the Prometheus exposition, with worker levels read just now."""
+        for consumer in self._consumers:
+            levels = await consumer.levels()
+            PENDING.labels(consumer.name).set(levels["pending"])
+            LAG.labels(consumer.name).set(levels["lag"])
+            SCHEDULED.labels(consumer.name).set(levels["scheduled"])
+            DEAD_LETTERS.labels(consumer.name).set(levels["dead_letters"])
+        return generate_latest(REGISTRY)
+
+    async def _answer(self, request: bytes) -> tuple[str, str, bytes]:
         parts = request.decode(errors="replace").split()
         path = parts[1] if len(parts) > 1 else ""
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, await self.metrics()
         if path == "/livez":
             ok, body = self.liveness()
         elif path == "/readyz":
             ok, body = await self.readiness()
         else:
-            return "404 Not Found", {"error": f"no such path {path!r}"}
-        return ("200 OK" if ok else "503 Service Unavailable"), {"ok": ok, **body}
+            return "404 Not Found", _JSON, _json({"error": f"no such path {path!r}"})
+        status = "200 OK" if ok else "503 Service Unavailable"
+        return status, _JSON, _json({"ok": ok, **body})
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()

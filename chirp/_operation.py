@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from chirp._context import Context
 from chirp._deadline import watch
-from chirp._errors import ChirpError, ChirpTimeoutError, InternalError, UsageError
+from chirp._errors import (
+    ChirpError,
+    ChirpTimeoutError,
+    InternalError,
+    OperationError,
+    UsageError,
+)
+from chirp._metrics import OPERATION_CALLS, OPERATION_SECONDS, counter, histogram
+from chirp._schema import message_spec
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -28,6 +37,9 @@ class Operation(Generic[Req, Resp]):
     Made by `operation`. The call checks the request type, runs the function with a
     child context under the operation's deadline, and lets Chirp errors through;
     anything else becomes `InternalError`.
+
+    `publishes` (message classes) and `calls` (other operations) are what the function
+    declares it publishes and calls, for `chirp map`; they are not enforced.
     """
 
     def __init__(
@@ -38,12 +50,19 @@ class Operation(Generic[Req, Resp]):
         request_type: type[Req],
         response_type: type[Resp],
         timeout: float,
+        publishes: Iterable[type[Message]] = (),
+        calls: Iterable[Operation[Any, Any]] = (),
     ) -> None:
         self.fn = fn
         self.name = name
         self.request_type = request_type
         self.response_type = response_type
         self.timeout = timeout
+        self.publishes = tuple(publishes)
+        self.calls = tuple(calls)
+        _check_declared(name, self.publishes, self.calls)
+        self._calls_ok = counter(OPERATION_CALLS, name, "OK")
+        self._seconds = histogram(OPERATION_SECONDS, name)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -67,22 +86,30 @@ class Operation(Generic[Req, Resp]):
         child = ctx.child(self.name, timeout=self.timeout)
         assert child.deadline is not None
         deadline = watch(child.deadline)
+        started = time.perf_counter()
         try:
             response = await self.fn(child, request)
-        except ChirpError:
+        except ChirpError as error:
+            self._failed(error, started)
             raise
         except asyncio.CancelledError:
             if not deadline.expired:
                 raise
             deadline.task.uncancel()
-            raise ChirpTimeoutError(
+            timeout = ChirpTimeoutError(
                 f"operation {self.name!r} missed its deadline "
                 f"(timeout {self.timeout}s, ray {ctx.ray_id})"
-            ) from None
+            )
+            self._failed(timeout, started)
+            raise timeout from None
         except Exception as error:
-            raise self._internal(child, error) from error
+            internal = self._internal(child, error)
+            self._failed(internal, started)
+            raise internal from error
         finally:
             deadline.release()
+        self._seconds.observe(time.perf_counter() - started)
+        self._calls_ok.inc()
         if type(response) is not self.response_type:
             raise InternalError(
                 f"operation {self.name!r} returned {type(response).__name__}, "
@@ -90,6 +117,10 @@ class Operation(Generic[Req, Resp]):
                 ray_id=ctx.ray_id,
             )
         return response
+
+    def _failed(self, error: ChirpError, started: float) -> None:
+        self._seconds.observe(time.perf_counter() - started)
+        counter(OPERATION_CALLS, self.name, error_code(error)).inc()
 
     def _internal(self, child: Context, error: BaseException) -> InternalError:
         return InternalError(
@@ -105,7 +136,11 @@ def operation(fn: Handler[Req, Resp], /) -> Operation[Req, Resp]: ...
 
 @overload
 def operation(
-    *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT
+    *,
+    name: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    publishes: Iterable[type[Message]] = (),
+    calls: Iterable[Operation[Any, Any]] = (),
 ) -> Callable[[Handler[Req, Resp]], Operation[Req, Resp]]: ...
 
 
@@ -115,15 +150,21 @@ def operation(
     *,
     name: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    publishes: Iterable[type[Message]] = (),
+    calls: Iterable[Operation[Any, Any]] = (),
 ) -> Operation[Req, Resp] | Callable[[Handler[Req, Resp]], Operation[Req, Resp]]:
     """Declare an async function ``(ctx, request) -> response`` as an operation.
 
     Use it bare (``@operation``) or with options
     (``@operation(name="user-get", timeout=5)``). The request and response types come
     from the annotations; the name defaults to the function name in kebab-case.
+    `publishes` and `calls` declare the messages it publishes and the operations it
+    calls, for `chirp map`.
 
     Raises:
-        UsageError: The function is not async or its annotations are not Protobuf types.
+        UsageError: The function is not async or its annotations are not Protobuf types,
+            or `calls` holds something that is not an operation.
+        SchemaError: A class in `publishes` is not a Chirp message.
     """
 
     def wrap(f: Handler[Req, Resp]) -> Operation[Req, Resp]:
@@ -134,9 +175,32 @@ def operation(
             request_type=request_type,
             response_type=response_type,
             timeout=timeout,
+            publishes=publishes,
+            calls=calls,
         )
 
     return wrap if fn is None else wrap(fn)
+
+
+def _check_declared(
+    name: str, publishes: Iterable[type[Message]], calls: Iterable[object]
+) -> None:
+    for cls in publishes:
+        message_spec(cls)
+    for called in calls:
+        if not isinstance(called, Operation):
+            raise UsageError(
+                f"operation {name!r} declares it calls {called!r}, not an operation"
+            )
+
+
+def error_code(error: ChirpError) -> str:
+    """Return the code an error counts under in metrics and logs."""
+    if isinstance(error, OperationError):
+        return error.code
+    if isinstance(error, ChirpTimeoutError):
+        return "CHIRP_TIMEOUT"
+    return "CHIRP_INTERNAL"
 
 
 def _types_of(fn: Callable[..., Any]) -> tuple[Any, Any]:

@@ -217,6 +217,24 @@ class WorkerStore:
         pipe.hdel(self._owners, entry_id)
         pipe.hdel(self._data, entry_id)
 
+    async def levels(self) -> dict[str, int]:
+        """Return pending, lag, scheduled and dead-letter counts of the worker now."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xinfo_groups(self.stream)
+        pipe.zcard(self._retry)
+        pipe.xlen(self.dead)
+        groups, scheduled, dead = await pipe.execute(raise_on_error=False)
+        mine = [] if isinstance(groups, Exception) else groups
+        group: dict[str, Any] = next(
+            (g for g in mine if _text(g.get("name")) == self.worker), {}
+        )
+        return {
+            "pending": int(group.get("pending") or 0),
+            "lag": int(group.get("lag") or 0),
+            "scheduled": int(scheduled) if isinstance(scheduled, int) else 0,
+            "dead_letters": int(dead) if isinstance(dead, int) else 0,
+        }
+
     async def count(self, field: str, amount: int = 1) -> None:
         """Add to one of the worker's counters."""
         await self._redis.hincrby(self.stats, field, amount)
@@ -293,6 +311,10 @@ class WorkerStore:
             for t in held
             if t.idempotency_key
         ]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _token(consumer: str, taken: Taken) -> str:
