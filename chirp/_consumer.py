@@ -417,9 +417,11 @@ class Consumer:
             took * 1000,
             extra={
                 "worker": self.name,
+                "context": self.name,
                 "ray_id": received.ray_id,
                 "request_id": received.request_id,
                 "attempt": entry.attempt,
+                "outcome": "ok",
             },
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 import typing
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,6 +30,9 @@ Resp = TypeVar("Resp", bound=Message)
 Handler = Callable[[Context, Req], Awaitable[Resp]]
 
 DEFAULT_TIMEOUT = 60.0
+
+# One line per call, at INFO, shared with the workers' line per handled message.
+handled_logger = logging.getLogger("chirp.handled")
 
 
 class Operation(Generic[Req, Resp]):
@@ -90,7 +94,7 @@ class Operation(Generic[Req, Resp]):
         try:
             response = await self.fn(child, request)
         except ChirpError as error:
-            self._failed(error, started)
+            self._failed(child, error, started)
             raise
         except asyncio.CancelledError:
             if not deadline.expired:
@@ -100,16 +104,19 @@ class Operation(Generic[Req, Resp]):
                 f"operation {self.name!r} missed its deadline "
                 f"(timeout {self.timeout}s, ray {ctx.ray_id})"
             )
-            self._failed(timeout, started)
+            self._failed(child, timeout, started)
             raise timeout from None
         except Exception as error:
             internal = self._internal(child, error)
-            self._failed(internal, started)
+            self._failed(child, internal, started)
             raise internal from error
         finally:
             deadline.release()
-        self._seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self._seconds.observe(took)
         self._calls_ok.inc()
+        if handled_logger.isEnabledFor(logging.INFO):
+            _log_call(child, "OK", took)
         if type(response) is not self.response_type:
             raise InternalError(
                 f"operation {self.name!r} returned {type(response).__name__}, "
@@ -118,9 +125,13 @@ class Operation(Generic[Req, Resp]):
             )
         return response
 
-    def _failed(self, error: ChirpError, started: float) -> None:
-        self._seconds.observe(time.perf_counter() - started)
-        counter(OPERATION_CALLS, self.name, error_code(error)).inc()
+    def _failed(self, child: Context, error: ChirpError, started: float) -> None:
+        took = time.perf_counter() - started
+        code = error_code(error)
+        self._seconds.observe(took)
+        counter(OPERATION_CALLS, self.name, code).inc()
+        if handled_logger.isEnabledFor(logging.INFO):
+            _log_call(child, code, took)
 
     def _internal(self, child: Context, error: BaseException) -> InternalError:
         return InternalError(
@@ -192,6 +203,21 @@ def _check_declared(
             raise UsageError(
                 f"operation {name!r} declares it calls {called!r}, not an operation"
             )
+
+
+def _log_call(ctx: Context, outcome: str, took: float) -> None:
+    handled_logger.info(
+        "operation %s: %s in %.2fms",
+        ctx.name,
+        outcome,
+        took * 1000,
+        extra={
+            "ray_id": ctx.ray_id,
+            "request_id": ctx.request_id,
+            "context": ctx.name,
+            "outcome": outcome,
+        },
+    )
 
 
 def error_code(error: ChirpError) -> str:
