@@ -21,6 +21,7 @@ from chirp._metrics import WorkerMetrics
 from chirp._schema import failure_for
 from chirp._store import Taken, WorkerStore
 from chirp._subscribe import Received, received_from
+from chirp._tracing import handle_span
 from chirp._wire import ENVELOPE_FIELD, decode_envelope
 from chirp._worker import Worker
 
@@ -294,6 +295,12 @@ class Consumer:
         except DecodeError as error:
             await self._dead_letter(entry, str(error))
             return
+        span = handle_span(self.name, received.name, received.ray_id, entry.otel or {})
+        with span:
+            await self._run(entry, received)
+
+    async def _run(self, entry: Taken, received: Received[Any]) -> None:
+        """Run a decoded message: refuse it, skip a duplicate, or call the handler."""
         ctx = self._context(received, entry)
         refusal = self._refusal(received)
         if refusal is not None:
@@ -361,6 +368,8 @@ class Consumer:
             raise DecodeError(f"{where} has no {ENVELOPE_FIELD.decode()!r} field")
         envelope = decode_envelope(entry.data, where=where)
         entry.idempotency_key = envelope.idempotency_key
+        if envelope.otel:
+            entry.otel = dict(envelope.otel)
         return received_from(self._worker.spec, envelope, where=where)
 
     async def _claim_key(self, entry: Taken, received: Received[Any]) -> bool:

@@ -17,6 +17,7 @@ from chirp._metrics import PUBLISH_SECONDS, histogram
 from chirp._publish import DurableWrite
 from chirp._schema import MessageSpec, message_spec
 from chirp._subscribe import Received, Subscription, TraceEntry, received_from
+from chirp._tracing import inject, publish_span, wait_span
 from chirp._wire import Names, decode_envelope
 from chirp.envelope_pb2 import Envelope
 from chirp.envelope_pb2 import TraceEntry as TraceEntryProto
@@ -205,6 +206,16 @@ class Context:
         request_id: str,
         idempotency_key: str | None = None,
     ) -> Published:
+        with publish_span(spec.name, self.ray_id):
+            return await self._write(body, spec, request_id, idempotency_key)
+
+    async def _write(
+        self,
+        body: Message,
+        spec: MessageSpec[Any],
+        request_id: str,
+        idempotency_key: str | None,
+    ) -> Published:
         parameters = spec.parameter_values(body)
         if idempotency_key is None:
             idempotency_key = spec.idempotency_key_of(body)
@@ -238,6 +249,7 @@ class Context:
             body=body.SerializeToString(),
             idempotency_key=idempotency_key,
         )
+        inject(envelope.otel)
         # Serialised Protobuf messages concatenate into their merge, so the trace,
         # the same for everything this context publishes, is serialised only once.
         return envelope.SerializeToString() + self._trace_bytes()
@@ -350,8 +362,9 @@ class Context:
         request_id = new_id()
         try:
             async with asyncio.timeout(timeout):
-                await self._publish(body, spec, request_id)
-                received = await _reply_to(subscription, request_id)
+                with wait_span(spec.name, self.ray_id):
+                    await self._publish(body, spec, request_id)
+                    received = await _reply_to(subscription, request_id)
         except TimeoutError:
             raise ChirpTimeoutError(
                 f"no {replies[0].name!r} reply to {spec.name!r} request {request_id} "

@@ -23,6 +23,8 @@ from chirp._errors import (
 )
 from chirp._metrics import OPERATION_CALLS, OPERATION_SECONDS, counter, histogram
 from chirp._schema import message_spec
+from chirp._tracing import active as tracing_active
+from chirp._tracing import call_span
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -87,6 +89,12 @@ class Operation(Generic[Req, Resp]):
                 f"operation {self.name!r} takes {self.request_type.__name__}, "
                 f"got {type(request).__name__}"
             )
+        if tracing_active():
+            with call_span(self.name, ctx.ray_id):
+                return await self._call(ctx, request)
+        return await self._call(ctx, request)
+
+    async def _call(self, ctx: Context, request: Req) -> Resp:
         child = ctx.child(self.name, timeout=self.timeout)
         assert child.deadline is not None
         deadline = watch(child.deadline)

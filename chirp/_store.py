@@ -49,6 +49,7 @@ class Taken:
         attempt: Which attempt this is, from 1.
         redelivered: True unless this is the first delivery of the entry.
         idempotency_key: Set once decoded, when the message carries one.
+        otel: Set once decoded: the publisher's trace context, if any.
     """
 
     entry_id: str
@@ -57,6 +58,7 @@ class Taken:
     attempt: int
     redelivered: bool
     idempotency_key: str = ""
+    otel: dict[str, str] | None = None
 
 
 class WorkerStore:

@@ -24,15 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63hirp/envelope.proto\x12\x05\x63hirp\"P\n\nTraceEntry\x12\x14\n\x0c\x63ontext_name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x03\x12\x0c\n\x04test\x18\x04 \x01(\x08\"\xa5\x01\n\x08\x45nvelope\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x03(\t\x12\x0e\n\x06ray_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x03\x12 \n\x05trace\x18\x06 \x03(\x0b\x32\x11.chirp.TraceEntry\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63hirp/envelope.proto\x12\x05\x63hirp\"P\n\nTraceEntry\x12\x14\n\x0c\x63ontext_name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x03\x12\x0c\n\x04test\x18\x04 \x01(\x08\"\xfb\x01\n\x08\x45nvelope\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x03(\t\x12\x0e\n\x06ray_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x03\x12 \n\x05trace\x18\x06 \x03(\x0b\x32\x11.chirp.TraceEntry\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\'\n\x04otel\x18\t \x03(\x0b\x32\x19.chirp.Envelope.OtelEntry\x1a+\n\tOtelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chirp.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ENVELOPE_OTELENTRY']._loaded_options = None
+  _globals['_ENVELOPE_OTELENTRY']._serialized_options = b'8\001'
   _globals['_TRACEENTRY']._serialized_start=31
   _globals['_TRACEENTRY']._serialized_end=111
   _globals['_ENVELOPE']._serialized_start=114
-  _globals['_ENVELOPE']._serialized_end=279
+  _globals['_ENVELOPE']._serialized_end=365
+  _globals['_ENVELOPE_OTELENTRY']._serialized_start=322
+  _globals['_ENVELOPE_OTELENTRY']._serialized_end=365
 # @@protoc_insertion_point(module_scope)

@@ -54,6 +54,26 @@ Global___TraceEntry: _TypeAlias = TraceEntry  # noqa: Y015
 class Envelope(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OtelEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
     RAY_ID_FIELD_NUMBER: _builtins.int
@@ -62,6 +82,7 @@ class Envelope(_message.Message):
     TRACE_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    OTEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     ray_id: _builtins.str
     request_id: _builtins.str
@@ -76,6 +97,10 @@ class Envelope(_message.Message):
     def trace(self) -> _containers.RepeatedCompositeFieldContainer[Global___TraceEntry]:
         """Oldest first; the last entry is the context that published this message."""
 
+    @_builtins.property
+    def otel(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """OpenTelemetry trace context of the publish (W3C traceparent and tracestate)."""
+
     def __init__(
         self,
         *,
@@ -87,10 +112,11 @@ class Envelope(_message.Message):
         trace: _abc.Iterable[Global___TraceEntry] | None = ...,
         body: _builtins.bytes = ...,
         idempotency_key: _builtins.str = ...,
+        otel: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "idempotency_key", b"idempotency_key", "name", b"name", "parameters", b"parameters", "ray_id", b"ray_id", "request_id", b"request_id", "trace", b"trace", "ts", b"ts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "idempotency_key", b"idempotency_key", "name", b"name", "otel", b"otel", "parameters", b"parameters", "ray_id", b"ray_id", "request_id", b"request_id", "trace", b"trace", "ts", b"ts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
