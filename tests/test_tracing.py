@@ -74,7 +74,11 @@ async def test_one_trace_id_in_spans_of_both_processes(
 async def _wait_for_lines(path: Path, count: int) -> set[tuple[str, str]]:
     deadline = time.monotonic() + 10
     while True:
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = await asyncio.to_thread(_lines, path)
         if len(lines) >= count or time.monotonic() > deadline:
             return {(line[:32], line[33:]) for line in lines}
         await asyncio.sleep(0.05)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
