@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.json_format import MessageToJson
 from redis.exceptions import RedisError
 
 from chirp._context import Context
@@ -309,6 +310,8 @@ class Consumer:
         if entry.idempotency_key and not await self._claim_key(entry, received):
             return
         self._metrics.receive_lag.observe(max(0.0, self._clock() - received.ts / 1000))
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log_body(received)
         started = time.perf_counter()
         try:
             await self._worker.fn(ctx, received.body)
@@ -414,6 +417,18 @@ class Consumer:
             req_ts=received.ts,
             attempt=entry.attempt,
             redelivered=entry.redelivered,
+        )
+
+    def _log_body(self, received: Received[Any]) -> None:
+        body = "<sensitive>"
+        if not self._worker.spec.sensitive:
+            body = MessageToJson(received.body, indent=None)
+        logger.debug(
+            "worker %s received %s: %s",
+            self.name,
+            received.name,
+            body,
+            extra={"worker": self.name, "ray_id": received.ray_id},
         )
 
     def _log_done(self, entry: Taken, received: Received[Any], took: float) -> None:

@@ -47,6 +47,7 @@ class MessageSpec(Generic[M]):
         parameters: Ordered names of the body fields that route the message.
         tail_ttl_ms: How long the latest envelope per parameter set is kept; 0: not.
         idempotency_field: The body field whose value is the idempotency key, or "".
+        sensitive: Bodies must never be logged.
     """
 
     cls: type[M]
@@ -54,6 +55,7 @@ class MessageSpec(Generic[M]):
     parameters: tuple[str, ...]
     tail_ttl_ms: int
     idempotency_field: str = ""
+    sensitive: bool = False
 
     def idempotency_key_of(self, body: M) -> str:
         """Return the idempotency key the schema takes from `body`, or ""."""
@@ -150,6 +152,7 @@ def _read_spec(cls: type[Message]) -> MessageSpec[Message]:
         tuple(declared.parameters),
         int(declared.tail_ttl_ms),
         declared.idempotency_key,
+        declared.sensitive,
     )
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63hirp/options.proto\x12\x05\x63hirp\x1a google/protobuf/descriptor.proto\"`\n\x0eMessageOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x03(\t\x12\x13\n\x0btail_ttl_ms\x18\x03 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t:I\n\x07message\x12\x1f.google.protobuf.MessageOptions\x18\xf5\x93\x03 \x01(\x0b\x32\x15.chirp.MessageOptionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63hirp/options.proto\x12\x05\x63hirp\x1a google/protobuf/descriptor.proto\"s\n\x0eMessageOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x03(\t\x12\x13\n\x0btail_ttl_ms\x18\x03 \x01(\x04\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x11\n\tsensitive\x18\x05 \x01(\x08:I\n\x07message\x12\x1f.google.protobuf.MessageOptions\x18\xf5\x93\x03 \x01(\x0b\x32\x15.chirp.MessageOptionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chirp.options_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGEOPTIONS']._serialized_start=64
-  _globals['_MESSAGEOPTIONS']._serialized_end=160
+  _globals['_MESSAGEOPTIONS']._serialized_end=179
 # @@protoc_insertion_point(module_scope)

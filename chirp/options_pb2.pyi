@@ -37,6 +37,7 @@ class MessageOptions(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     TAIL_TTL_MS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SENSITIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Kebab-case name of the message, unique in the system: "user-create"."""
     tail_ttl_ms: _builtins.int
@@ -45,6 +46,8 @@ class MessageOptions(_message.Message):
     """Name of a body field whose value is the message's idempotency key: workers
     complete each key at most once within their deduplication window.
     """
+    sensitive: _builtins.bool
+    """Never write bodies of this message to logs, not even at debug level."""
     @_builtins.property
     def parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ordered names of body fields whose values route the message (subject and tail key)."""
@@ -56,10 +59,11 @@ class MessageOptions(_message.Message):
         parameters: _abc.Iterable[_builtins.str] | None = ...,
         tail_ttl_ms: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        sensitive: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "name", b"name", "parameters", b"parameters", "tail_ttl_ms", b"tail_ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "name", b"name", "parameters", b"parameters", "sensitive", b"sensitive", "tail_ttl_ms", b"tail_ttl_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import logging
 import random
 import time
 from typing import Any
@@ -393,3 +394,30 @@ async def test_a_refusal_without_failure_message_is_dead_lettered(
         await _wait_for_async(lambda: client.redis.xlen(dead_key), 1)
     [(_, fields)] = await client.redis.xrange(dead_key)
     assert fields[b"reason"].startswith(b"CHIRP_STALE_MESSAGE: ")
+
+
+async def test_bodies_are_logged_at_debug_except_sensitive_ones(
+    client: Client, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from chirptest.messages_pb2 import Secret
+
+    seen: list[str] = []
+
+    @chirp.worker(name=f"{unique_name}-open")
+    async def open_one(ctx: Context, msg: Ping) -> None:
+        seen.append(msg.text)
+
+    @chirp.worker(name=f"{unique_name}-secret")
+    async def secret_one(ctx: Context, msg: Secret) -> None:
+        seen.append(msg.key)
+
+    caplog.set_level(logging.DEBUG, logger="chirp._consumer")
+    ctx = client.context()
+    await ctx.msg(Ping(key="p", text="visible-text"))
+    await ctx.msg(Secret(key="s", password="hunter2"))
+    async with running_workers(client, open_one, secret_one):
+        await _wait_for(lambda: len(seen) == 2)
+
+    assert "visible-text" in caplog.text
+    assert "hunter2" not in caplog.text
+    assert "<sensitive>" in caplog.text
