@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -42,8 +43,8 @@ from arena.proto.user_pb2 import (
     UserFollowComplete,
     UserFollowFail,
 )
-from arena.report import SystemStats, WorkerStats, print_summary
-from arena.traffic import Answer, Call, Plan, Runner, Tally
+from arena.report import SystemStats, WorkerStats, print_ray, print_summary
+from arena.traffic import FOLLOW, Answer, Call, Plan, Runner, Tally
 from arena.user import workers as user_workers
 
 T = TypeVar("T")
@@ -162,7 +163,9 @@ def service_environment(servers: EmbeddedServers, database: Path) -> dict[str, s
 
 def worker_host(env: dict[str, str], workdir: Path) -> Service:
     """Return the worker host process: ``python -m chirp run`` with both packages."""
-    command = [sys.executable, "-m", "chirp", "run", "--grace", "5"]
+    # JSON lines, one per handled message too, so a ray can be followed in the log.
+    command = [sys.executable, "-m", "chirp", "--log-json", "--log-messages"]
+    command += ["run", "--grace", "5"]
     command += [module.__name__ for module in WORKER_MODULES]
     return Service("worker host", command, env=env, log=workdir / "workers.log")
 
@@ -331,7 +334,23 @@ async def _exercise(
         stats = await system_stats(client)
 
     print_summary(console, tally, stats, seconds=seconds)
+    ray_id = tally.rays.get(FOLLOW)
+    if ray_id is not None:
+        print_ray(console, ray_id, ray_lines(host.log, ray_id))
     return not tally.mismatches
+
+
+def ray_lines(log: Path, ray_id: str) -> list[str]:
+    """Return the log lines of one ray, from a log of JSON lines, as short text."""
+    lines = []
+    for text in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        if record.get("ray_id") == ray_id:
+            lines.append(f"{record.get('context', '?')}: {record['message']}")
+    return lines
 
 
 def _report_exit(

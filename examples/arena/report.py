@@ -43,6 +43,7 @@ def print_summary(
         f"\n{count} requests in {seconds:.1f}s ({count / seconds:.0f}/s)", style="bold"
     )
     console.print(requests_table(tally))
+    console.print(errors_table(tally))
     console.print(topics_table(stats))
     console.print(workers_table(stats))
     print_mismatches(console, tally)
@@ -80,6 +81,24 @@ def _add_route_row(
         _milliseconds(percentile(latencies, 0.50)),
         _milliseconds(percentile(latencies, 0.99)),
     )
+
+
+def errors_table(tally: Tally) -> Table:
+    """Return the error answers by code: each failure the gateway gave on purpose."""
+    table = Table(title="Errors by code")
+    table.add_column("code", no_wrap=True)
+    table.add_column("status", justify="right")
+    table.add_column("answers", justify="right")
+    for (code, status), count in sorted(tally.codes.items()):
+        table.add_row(code, str(status), str(count))
+    return table
+
+
+def print_ray(console: Console, ray_id: str, lines: Sequence[str]) -> None:
+    """Print the worker host's log lines of one ray: its path through the system."""
+    console.print(f"\nFollowing ray {ray_id} through the worker host's log:")
+    for line in lines:
+        console.print(f"  {line}", markup=False, highlight=False)
 
 
 def topics_table(stats: SystemStats) -> Table:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,8 @@ class Tally:
 
     samples: list[tuple[str, int, float]] = field(default_factory=list)
     mismatches: list[Mismatch] = field(default_factory=list)
+    codes: Counter[tuple[str, int]] = field(default_factory=Counter)
+    rays: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +361,10 @@ class Runner:
         self.tally.samples.append(
             (call.route, answer.status, time.perf_counter() - started)
         )
+        if isinstance(answer.body, dict) and answer.status != 200:
+            self.tally.codes[(str(answer.body.get("code")), answer.status)] += 1
+        if answer.ray_id and answer.status == 200:
+            self.tally.rays.setdefault(call.route, answer.ray_id)
         return answer
 
 

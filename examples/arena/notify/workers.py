@@ -12,7 +12,7 @@ from arena.proto.user_pb2 import UserFollowComplete, UserGetRequest
 from arena.user.operations import user_get
 
 
-@worker(backoff=Backoff(base=0.05, cap=1.0))
+@worker(backoff=Backoff(base=0.05, cap=1.0), publishes=(NotificationCreate,))
 async def notify_follow(ctx: Context, message: UserFollowComplete) -> None:
     """Tell a user who just followed them: store, push, then announce the notification.
 

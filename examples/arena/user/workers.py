@@ -25,7 +25,7 @@ from arena.user import store
 from arena.user.store import CreateOutcome, FollowOutcome
 
 
-@worker
+@worker(publishes=(UserCreateComplete, UserCreateFail))
 async def user_create(ctx: Context, message: UserCreate) -> None:
     """Store a new user, then announce it, or announce why it was refused."""
     outcome = await store.create_user(
@@ -47,7 +47,7 @@ async def user_create(ctx: Context, message: UserCreate) -> None:
     await ctx.msg(fail)
 
 
-@worker
+@worker(publishes=(UserFollowComplete, UserFollowFail))
 async def user_follow(ctx: Context, message: UserFollow) -> None:
     """Record a follow, then announce it, or announce why it was refused."""
     follower, followee = message.follower_id, message.followee_id
