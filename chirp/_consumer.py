@@ -39,6 +39,8 @@ Clock = Callable[[], float]
 # the longest sleep of the schedule loop.
 READ_BLOCK_MS = 1000
 _ERROR_PAUSE_SECONDS = 0.5
+# Longest wait for the lease renewer to end once the host stops.
+STOP_TIMEOUT_SECONDS = 2.0
 # Least time without progress before liveness fails; twice the lease when longer.
 STALL_FLOOR_SECONDS = 10.0
 # Codes of Chirp's own refusals (see chirp/errors.toml).
@@ -83,6 +85,7 @@ class Consumer:
         self._slot_freed = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
         self._acks: list[str] = []
         self._ack_flusher: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -130,7 +133,9 @@ class Consumer:
             asyncio.create_task(self._guarded(self._read_loop)),
             asyncio.create_task(self._guarded(self._schedule_loop)),
         ]
-        self._renewer = asyncio.create_task(self._guarded(self._lease_loop))
+        self._renewer = asyncio.create_task(
+            self._guarded(self._lease_loop, until=self._done)
+        )
 
     async def stop(self, grace: float) -> None:
         """Stop taking entries, let handlers finish within `grace` seconds, hand back.
@@ -151,17 +156,23 @@ class Consumer:
         for task in leftover:
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
+        self._done.set()
         if self._renewer is not None:
+            # Cancelled and awaited with a bound: a cancellation that a client
+            # library swallows must not keep the host from stopping.
             self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
+            await asyncio.wait([self._renewer], timeout=STOP_TIMEOUT_SECONDS)
         await self._hand_back([*unstarted, *leftover.values()])
         await self._flush_acks_now()
 
     # Taking entries ----------------------------------------------------------------
 
-    async def _guarded(self, loop: Callable[[], Any]) -> None:
-        """Run a loop until stop; an error pauses it instead of ending it."""
-        while not self._stopping.is_set():
+    async def _guarded(
+        self, loop: Callable[[], Any], until: asyncio.Event | None = None
+    ) -> None:
+        """Run a loop until `until` (a stop) is set; an error pauses it, not ends it."""
+        end = self._stopping if until is None else until
+        while not end.is_set():
             try:
                 await loop()
             except Exception as error:
@@ -247,8 +258,9 @@ class Consumer:
         return len(taken)
 
     async def _lease_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._worker.lease / 3)
+        # Runs on through a stop's grace period: handlers still running need it.
+        while not self._done.is_set():
+            await self._pause(self._worker.lease / 3, until=self._done)
             held = [*self._running.values(), *self._waiting]
             if held:
                 await self._store.renew(
