@@ -5,14 +5,14 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from chirp._backoff import Backoff
 from chirp._context import Context
-from chirp._errors import UsageError
+from chirp._errors import SchemaError, UsageError
 from chirp._schema import MessageSpec, message_spec
 
 M = TypeVar("M", bound=Message)
@@ -41,6 +41,8 @@ class Worker(Generic[M]):
             is answered with `failure` (code ``CHIRP_STALE_MESSAGE``) instead.
         allow_recursive: Handle messages whose trace already passed through this
             worker; by default they are answered with ``CHIRP_RECURSIVE_MESSAGE``.
+        publishes: The message classes the handler declares it publishes, for
+            `chirp map`; declared, not enforced.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Worker(Generic[M]):
         failure: type[Message] | None = None,
         max_age: float | None = None,
         allow_recursive: bool = False,
+        publishes: Iterable[type[Message]] = (),
     ) -> None:
         if not _NAME.fullmatch(name):
             raise UsageError(f"worker name {name!r} must be kebab-case")
@@ -76,6 +79,7 @@ class Worker(Generic[M]):
         self.failure = None if failure is None else message_spec(failure)
         self.max_age = max_age
         self.allow_recursive = allow_recursive
+        self.publishes = _declared_messages(name, publishes)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -103,6 +107,7 @@ def worker(
     failure: type[Message] | None = None,
     max_age: float | None = None,
     allow_recursive: bool = False,
+    publishes: Iterable[type[Message]] = (),
 ) -> Callable[[WorkerHandler[M]], Worker[M]]: ...
 
 
@@ -119,6 +124,7 @@ def worker(
     failure: type[Message] | None = None,
     max_age: float | None = None,
     allow_recursive: bool = False,
+    publishes: Iterable[type[Message]] = (),
 ) -> Worker[M] | Callable[[WorkerHandler[M]], Worker[M]]:
     """Declare an async function ``(ctx, message) -> None`` as a worker.
 
@@ -126,10 +132,12 @@ def worker(
     defaults to the function name in kebab-case. A worker cannot fail: if it raises,
     the message is retried with `backoff` (by default forever). A message with an
     idempotency key is completed at most once per key within `idempotency_window`
-    seconds, even when it is delivered or published more than once.
+    seconds, even when it is delivered or published more than once. `publishes`
+    declares the message classes the handler publishes, for `chirp map`.
 
     Raises:
         UsageError: The function is not async, or its message is not a Chirp message.
+        SchemaError: A class in `publishes` is not a Chirp message.
     """
 
     def wrap(f: WorkerHandler[M]) -> Worker[M]:
@@ -145,6 +153,7 @@ def worker(
             failure=failure,
             max_age=max_age,
             allow_recursive=allow_recursive,
+            publishes=publishes,
         )
 
     return wrap if fn is None else wrap(fn)
@@ -165,6 +174,19 @@ def _message_type(fn: Callable[..., Any]) -> Any:
             f"Protobuf class, found {message!r}"
         )
     return message
+
+
+def _declared_messages(
+    owner: str, classes: Iterable[type[Message]]
+) -> tuple[type[Message], ...]:
+    """Check that each declared class is a Chirp message; keep them in order."""
+    declared = tuple(classes)
+    for cls in declared:
+        try:
+            message_spec(cls)
+        except SchemaError as error:
+            raise SchemaError(f"{owner!r} declares it publishes {error}") from error
+    return declared
 
 
 def workers_in(module: object) -> list[Worker[Any]]:
