@@ -163,3 +163,33 @@ async def test_a_retry_is_marked_as_a_redelivery(
     async with running_workers(client, flaky):
         await _wait_for(lambda: len(seen) == 2)
     assert seen == [(1, False), (2, True)]
+
+
+async def test_a_large_pending_list_is_taken_over_in_batches(
+    client: Client, unique_name: str
+) -> None:
+    stream = client.names.stream_key("test-ping")
+    await client.redis.xgroup_create(stream, unique_name, id="0", mkstream=True)
+    data = Ping(key="p").SerializeToString()
+    from chirp.envelope_pb2 import Envelope
+
+    envelope = Envelope(name="test-ping", body=data).SerializeToString()
+    for _batch in range(10):
+        pipe = client.redis.pipeline(transaction=False)
+        for _entry in range(2_000):
+            pipe.xadd(stream, {b"e": envelope})
+        await pipe.execute()
+    # A consumer that read everything and died: 20,000 entries pending on it.
+    await client.redis.xreadgroup(unique_name, "dead", {stream: ">"}, count=20_000)
+    handled = 0
+
+    @chirp.worker(name=unique_name, lease=0.2, concurrency=128, batch=128)
+    async def taker(ctx: Context, msg: Ping) -> None:
+        nonlocal handled
+        handled += 1
+
+    async with running_workers(client, taker):
+        await _wait_for(lambda: handled >= 20_000, timeout=60)
+
+    summary = await client.redis.xpending(stream, unique_name)
+    assert summary["pending"] == 0
