@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import redis.asyncio as redis_asyncio
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
 from chirp._codegen import CodegenError, generate
@@ -25,6 +24,7 @@ from chirp._dead_letters import DeadLetters
 from chirp._embedded import embedded_servers
 from chirp._errors import ChirpError, UsageError
 from chirp._host import DEFAULT_GRACE, load_workers, run_host
+from chirp._logs import configure as configure_logging
 from chirp._wire import Names
 from chirp._worker import Worker
 
@@ -43,14 +43,22 @@ def _root(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log debug details.")
     ] = False,
+    log_messages: Annotated[
+        bool,
+        typer.Option(
+            "--log-messages", help="Log one line per handled message (with -v too)."
+        ),
+    ] = False,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Log JSON lines to stderr.")
+    ] = False,
 ) -> None:
     """Operations, messages and workers for services on NATS and Redis Streams."""
-    _configure_logging(logging.DEBUG if verbose else logging.INFO)
-
-
-def _configure_logging(level: int) -> None:
-    handler = RichHandler(console=_err, show_path=False, markup=False)
-    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
+    level = logging.DEBUG if verbose else logging.INFO
+    configure_logging(level, as_json=log_json, console=_err)
+    if not (verbose or log_messages):
+        # A line per message would drown everything else at a few thousand a second.
+        logging.getLogger("chirp.handled").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -385,6 +393,9 @@ def errors(
 
     # Plain stdout, not the rich console: the reference must not wrap or be styled.
     typer.echo(registry.reference(), nl=False)
+
+
+from chirp import _cli_inspect  # noqa: E402,F401  (registers the inspection commands)
 
 
 def main() -> None:
