@@ -191,8 +191,24 @@ def dev(
     nats_url: _NatsUrl = None,
     redis_url: _RedisUrl = None,
     namespace: _Namespace = None,
+    reload: Annotated[
+        bool, typer.Option(help="Restart the workers when .py/.proto files change.")
+    ] = False,
 ) -> None:
     """Run the workers of MODULE...; with no server URL set, start embedded servers."""
+    if reload:
+        from chirp._reload import run_dev_with_reload
+
+        raise typer.Exit(
+            run_dev_with_reload(
+                modules,
+                paths=path,
+                grace=grace,
+                nats_url=nats_url,
+                redis_url=redis_url,
+                namespace=namespace,
+            )
+        )
     workers = _load_or_exit(modules, path)
     if bool(nats_url) != bool(redis_url):
         _err.print(
@@ -395,6 +411,7 @@ def errors(
     typer.echo(registry.reference(), nl=False)
 
 
+import chirp._cli_scaffold  # noqa: E402,F401
 from chirp import _cli_inspect  # noqa: E402,F401  (registers the inspection commands)
 
 
