@@ -141,6 +141,8 @@ def _add_worker(graph: Choreography, worker: Worker[Any]) -> None:
     if worker.failure is not None:
         published.append(worker.failure.cls)
     _add_published(graph, node, published)
+    for called in worker.calls:
+        graph.add(node, Node("operation", called.name), "calls")
 
 
 def _add_operation(graph: Choreography, operation: Operation[Any, Any]) -> None:

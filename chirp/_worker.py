@@ -6,7 +6,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from google.protobuf.message import Message
 
@@ -14,6 +14,9 @@ from chirp._backoff import Backoff
 from chirp._context import Context
 from chirp._errors import SchemaError, UsageError
 from chirp._schema import MessageSpec, message_spec
+
+if TYPE_CHECKING:
+    from chirp._operation import Operation
 
 M = TypeVar("M", bound=Message)
 
@@ -43,6 +46,7 @@ class Worker(Generic[M]):
             worker; by default they are answered with ``CHIRP_RECURSIVE_MESSAGE``.
         publishes: The message classes the handler declares it publishes, for
             `chirp map`; declared, not enforced.
+        calls: The operations the handler declares it calls, for `chirp map`.
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class Worker(Generic[M]):
         max_age: float | None = None,
         allow_recursive: bool = False,
         publishes: Iterable[type[Message]] = (),
+        calls: Iterable[Operation[Any, Any]] = (),
     ) -> None:
         if not _NAME.fullmatch(name):
             raise UsageError(f"worker name {name!r} must be kebab-case")
@@ -80,6 +85,7 @@ class Worker(Generic[M]):
         self.max_age = max_age
         self.allow_recursive = allow_recursive
         self.publishes = _declared_messages(name, publishes)
+        self.calls = tuple(calls)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -108,6 +114,7 @@ def worker(
     max_age: float | None = None,
     allow_recursive: bool = False,
     publishes: Iterable[type[Message]] = (),
+    calls: Iterable[Operation[Any, Any]] = (),
 ) -> Callable[[WorkerHandler[M]], Worker[M]]: ...
 
 
@@ -125,6 +132,7 @@ def worker(
     max_age: float | None = None,
     allow_recursive: bool = False,
     publishes: Iterable[type[Message]] = (),
+    calls: Iterable[Operation[Any, Any]] = (),
 ) -> Worker[M] | Callable[[WorkerHandler[M]], Worker[M]]:
     """Declare an async function ``(ctx, message) -> None`` as a worker.
 
@@ -154,6 +162,7 @@ def worker(
             max_age=max_age,
             allow_recursive=allow_recursive,
             publishes=publishes,
+            calls=calls,
         )
 
     return wrap if fn is None else wrap(fn)

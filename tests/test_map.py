@@ -83,8 +83,9 @@ def test_the_example_map_has_its_consumers_and_publishers() -> None:
         Edge(message("user-follow-complete"), worker("notify-follow"), "consumes")
         in graph.edges
     )
-    assert Node("operation", "user-get") in graph.nodes
-    assert len(graph.edges) == 8
+    calls = Edge(worker("notify-follow"), Node("operation", "user-get"), "calls")
+    assert calls in graph.edges
+    assert len(graph.edges) == 9
 
 
 def test_following_a_message_reaches_everything_it_sets_in_motion() -> None:
@@ -99,6 +100,7 @@ def test_following_a_message_reaches_everything_it_sets_in_motion() -> None:
         "user-follow-fail",
         "notify-follow",
         "notification-create",
+        "user-get",
     }
     assert all(isinstance(item, Node) or item.source in reached for item in reached)
 

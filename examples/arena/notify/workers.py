@@ -12,7 +12,11 @@ from arena.proto.user_pb2 import UserFollowComplete, UserGetRequest
 from arena.user.operations import user_get
 
 
-@worker(backoff=Backoff(base=0.05, cap=1.0), publishes=(NotificationCreate,))
+@worker(
+    backoff=Backoff(base=0.05, cap=1.0),
+    publishes=(NotificationCreate,),
+    calls=(user_get,),
+)
 async def notify_follow(ctx: Context, message: UserFollowComplete) -> None:
     """Tell a user who just followed them: store, push, then announce the notification.
 
