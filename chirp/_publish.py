@@ -110,6 +110,7 @@ class StreamWriter:
                 if not future.done():
                     future.set_exception(error)
             return
+        written = []
         for (write, future), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 if not future.done():
@@ -119,9 +120,13 @@ class StreamWriter:
                         )
                     )
                 continue
-            await self._announce(write)
+            written.append(write)
             if not future.done():
                 future.set_result(result)
+        # The publishers may go on: their messages are durable. The announces still
+        # leave in write order, before the next batch is written.
+        for write in written:
+            await self._announce(write)
         await self._trim_streams([write.stream for write, _ in batch])
 
     async def _announce(self, write: DurableWrite) -> None:

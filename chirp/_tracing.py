@@ -9,6 +9,7 @@ every process it crosses, share one trace id.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -22,14 +23,33 @@ except ImportError:  # pragma: no cover - exercised where the package is absent
 _NOTHING: nullcontext[None] = nullcontext()
 
 
+# Asking the API for its provider reads the environment each time, about 1 us, on
+# every publish and call; the answer is kept for a second instead.
+_RECHECK_SECONDS = 1.0
+_tracer_seen: Any = None
+_checked_at = -_RECHECK_SECONDS
+
+
 def _tracer() -> Any:
     """Return Chirp's tracer, or None when no tracer provider is installed."""
+    global _tracer_seen, _checked_at
     if trace is None:
         return None
+    now = time.monotonic()
+    if now - _checked_at < _RECHECK_SECONDS:
+        return _tracer_seen
     provider = trace.get_tracer_provider()
-    if isinstance(provider, ProxyTracerProvider):
-        return None
-    return provider.get_tracer("chirp")
+    found = None
+    if not isinstance(provider, ProxyTracerProvider):
+        found = provider.get_tracer("chirp")
+    _tracer_seen, _checked_at = found, now
+    return found
+
+
+def refresh() -> None:
+    """Look for a tracer provider at the next span, not up to a second later."""
+    global _checked_at
+    _checked_at = -_RECHECK_SECONDS
 
 
 def active() -> bool:

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chirp import Client
+from chirp._tracing import refresh
 from chirp.testing import EmbeddedServers
 
 TESTS = Path(__file__).parent
@@ -30,6 +31,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
         provider = TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    refresh()
     yield exporter
     exporter.shutdown()  # later tests record nothing more
 
