@@ -18,6 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from chirp._cli_options import Namespace as _Namespace
+from chirp._cli_options import NatsUrl as _NatsUrl
+from chirp._cli_options import Paths as _Paths
+from chirp._cli_options import RedisUrl as _RedisUrl
 from chirp._codegen import CodegenError, generate
 from chirp._config import NAMESPACE_VARIABLE, NATS_URL_VARIABLE, REDIS_URL_VARIABLE
 from chirp._dead_letters import DeadLetters
@@ -118,30 +122,9 @@ _Modules = Annotated[
         metavar="MODULE", help="Modules whose top-level @worker functions to run."
     ),
 ]
-_Paths = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--path",
-        help="Directory to import modules from (repeatable); the current one always.",
-        exists=True,
-        file_okay=False,
-    ),
-]
 _Grace = Annotated[
     float,
     typer.Option(help="Seconds in-flight handlers get to finish on SIGTERM/SIGINT."),
-]
-_NatsUrl = Annotated[
-    str | None, typer.Option(envvar=NATS_URL_VARIABLE, help="NATS server URL.")
-]
-_RedisUrl = Annotated[
-    str | None, typer.Option(envvar=REDIS_URL_VARIABLE, help="Redis server URL.")
-]
-_Namespace = Annotated[
-    str | None,
-    typer.Option(
-        envvar=NAMESPACE_VARIABLE, help="Prefix of every subject and key (kebab-case)."
-    ),
 ]
 
 

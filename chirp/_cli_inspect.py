@@ -27,34 +27,17 @@ from rich.table import Table
 
 from chirp import _inspect
 from chirp._cli import app
+from chirp._cli_options import Namespace as _Namespace
+from chirp._cli_options import NatsUrl as _NatsUrl
+from chirp._cli_options import Paths as _Paths
+from chirp._cli_options import RedisUrl as _RedisUrl
 from chirp._client import Client
-from chirp._config import NAMESPACE_VARIABLE, NATS_URL_VARIABLE, REDIS_URL_VARIABLE
+from chirp._config import NAMESPACE_VARIABLE, REDIS_URL_VARIABLE
 from chirp._errors import ChirpError, MessageFailed, OperationError, UsageError
 from chirp._wire import Names
 
 CLIENT_NAME = "chirp-cli"
 
-_NatsUrl = Annotated[
-    str | None, typer.Option(envvar=NATS_URL_VARIABLE, help="NATS server URL.")
-]
-_RedisUrl = Annotated[
-    str | None, typer.Option(envvar=REDIS_URL_VARIABLE, help="Redis server URL.")
-]
-_Namespace = Annotated[
-    str | None,
-    typer.Option(
-        envvar=NAMESPACE_VARIABLE, help="Prefix of every subject and key (kebab-case)."
-    ),
-]
-_Paths = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--path",
-        help="Directory to import --module from (repeatable); the current one always.",
-        exists=True,
-        file_okay=False,
-    ),
-]
 _Modules = Annotated[
     list[str] | None,
     typer.Option(
