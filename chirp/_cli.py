@@ -132,7 +132,7 @@ _HealthPort = Annotated[
     int | None,
     typer.Option(
         envvar="CHIRP_HEALTH_PORT",
-        help="Serve GET /livez and /readyz on this port (none by default).",
+        help="Serve GET /livez, /readyz and /metrics on this port (none by default).",
     ),
 ]
 _HealthHost = Annotated[
@@ -218,10 +218,11 @@ async def _dev_with_embedded_servers(
     workers: list[Worker[Any]], namespace: str | None, grace: float
 ) -> None:
     async with embedded_servers() as servers:
-        _err.print(
-            f"Embedded servers: {NATS_URL_VARIABLE}={servers.nats_url} "
+        # Plain, unwrapped: the line is meant to be pasted into another shell.
+        typer.echo(
+            f"Embedded servers: export {NATS_URL_VARIABLE}={servers.nats_url} "
             f"{REDIS_URL_VARIABLE}={servers.redis_url}",
-            markup=False,
+            err=True,
         )
         await run_host(
             workers,

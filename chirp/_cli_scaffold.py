@@ -155,6 +155,8 @@ def map_command(
         as_mermaid = mermaid or (out is not None and out.suffix in _MERMAID)
         if out is not None and not as_mermaid and out.suffix != _SVG:
             raise UsageError(f"cannot draw {out}: write .svg, or .md/.mmd for Mermaid")
+        if out is not None and as_mermaid and out.suffix not in _MERMAID:
+            raise UsageError(f"Mermaid text goes to a .md or .mmd file, not {out}")
     except (ChirpError, redis.RedisError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from exc

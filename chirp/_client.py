@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self, cast
 
 import nats
 import redis.asyncio as redis_asyncio
@@ -19,6 +19,9 @@ from chirp._errors import TransportError, UsageError
 from chirp._ids import new_id
 from chirp._publish import StreamWriter
 from chirp._wire import Names
+
+if TYPE_CHECKING:
+    from chirp._memory import MemoryTransport
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,44 @@ class Client:
         self._redis: redis_asyncio.Redis | None = None
         self._writer: StreamWriter | None = None
         self._closing = False
+        self._memory: MemoryTransport | None = None
+
+    @classmethod
+    def in_memory(
+        cls,
+        name: str = "client",
+        *,
+        namespace: str | None = None,
+        transport: MemoryTransport | None = None,
+        stream_retention: int | None = None,
+        test: bool = False,
+    ) -> Client:
+        """Return a client on an in-process transport instead of real servers.
+
+        Redis is `fakeredis` (the ``memory`` extra), running Chirp's own commands and
+        scripts; NATS is an in-process stand-in. Clients on one transport talk to each
+        other like clients of the same servers.
+
+        Args:
+            name: As for `Client`.
+            namespace: As for `Client`.
+            transport: The `chirp.testing.MemoryTransport` to share; defaults to the
+                process's own.
+            stream_retention: As for `Client`.
+            test: As for `Client`.
+        """
+        from chirp._memory import MEMORY_URL, shared_transport
+
+        client = cls(
+            name,
+            nats_url=MEMORY_URL,
+            redis_url=MEMORY_URL,
+            namespace=namespace,
+            stream_retention=stream_retention,
+            test=test,
+        )
+        client._memory = transport or shared_transport()
+        return client
 
     async def connect(self) -> Self:
         """Open both connections.
@@ -76,8 +117,11 @@ class Client:
             TransportError: A server could not be reached within the connect timeout.
         """
         try:
-            self._redis = await self._connect_redis()
-            self._nats = await self._connect_nats()
+            if self._memory is not None:
+                self._redis, self._nats = self._connect_memory(self._memory)
+            else:
+                self._redis = await self._connect_redis()
+                self._nats = await self._connect_nats()
         except TransportError:
             await self.close()
             raise
@@ -89,6 +133,12 @@ class Client:
             retention=self.settings.stream_retention,
         )
         return self
+
+    def _connect_memory(
+        self, transport: MemoryTransport
+    ) -> tuple[redis_asyncio.Redis, NatsClient]:
+        # The stand-in has only the part of nats-py's client that Chirp calls.
+        return transport.redis(), cast(NatsClient, transport.nats(self.name))
 
     async def _connect_redis(self) -> redis_asyncio.Redis:
         url = self.settings.redis_url

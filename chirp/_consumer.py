@@ -39,6 +39,8 @@ Clock = Callable[[], float]
 # the longest sleep of the schedule loop.
 READ_BLOCK_MS = 1000
 _ERROR_PAUSE_SECONDS = 0.5
+# Consumers idle this long and holding nothing (crashed hosts) leave their group.
+FORGET_AFTER_MS = 60_000
 # Longest wait for the lease renewer to end once the host stops.
 STOP_TIMEOUT_SECONDS = 2.0
 # Least time without progress before liveness fails; twice the lease when longer.
@@ -164,6 +166,15 @@ class Consumer:
             await asyncio.wait([self._renewer], timeout=STOP_TIMEOUT_SECONDS)
         await self._hand_back([*unstarted, *leftover.values()])
         await self._flush_acks_now()
+        try:
+            await self._store.leave(self._consumer)
+        except (RedisError, OSError) as error:
+            logger.warning(
+                "worker %s: leaving the consumer group failed: %s",
+                self.name,
+                error,
+                extra={"worker": self.name},
+            )
 
     # Taking entries ----------------------------------------------------------------
 
@@ -243,6 +254,7 @@ class Consumer:
         self._reclaim_cursor = cursor
         if cursor == "0-0":
             self._next_reclaim_ms = self._now_ms() + self._lease_ms // 2
+            await self._store.forget_idle(max(FORGET_AFTER_MS, 10 * self._lease_ms))
         for entry in taken:
             self._take(entry)
         if taken or vanished:

@@ -33,9 +33,12 @@ def load_workers(modules: Iterable[str]) -> list[Worker[Any]]:
     for module_name in modules:
         try:
             module = importlib.import_module(module_name)
-        except ImportError as error:
+        except Exception as error:
+            # A syntax error or a failing import inside the module is the user's to
+            # fix: name the module and the error, not Chirp's own stack.
             raise UsageError(
-                f"cannot import worker module {module_name!r}: {error}"
+                f"cannot import worker module {module_name!r}: "
+                f"{type(error).__name__}: {error}"
             ) from error
         workers = workers_in(module)
         if not workers:

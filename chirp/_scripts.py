@@ -90,6 +90,31 @@ end
 return 0
 """
 
+# Remove a consumer from its group if it holds no pending entry: one that has stopped,
+# or crashed long ago (idle past the limit). Pending entries are never dropped.
+# KEYS: stream
+# ARGV: group, idle_ms (consumers idle longer and holding nothing go), [consumer]
+#       with a consumer name, only that one is considered, whatever its idle time.
+# Returns: how many consumers were removed.
+FORGET_CONSUMERS = """
+local removed = 0
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  local chosen
+  if ARGV[3] then
+    chosen = info['name'] == ARGV[3]
+  else
+    chosen = info['idle'] > tonumber(ARGV[2])
+  end
+  if chosen and info['pending'] == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
 # Trim a stream, keeping at least its newest `retain` entries and every entry that a
 # consumer group has not acknowledged: pending ones and those not yet delivered.
 # KEYS: stream

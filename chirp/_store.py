@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 from chirp._scripts import (
     CLAIM_DUE,
     CLAIM_KEY,
+    FORGET_CONSUMERS,
     RENEW_KEYS,
     RENEW_PENDING,
     RENEW_SCHEDULED,
@@ -36,6 +37,9 @@ from chirp._wire import ENVELOPE_FIELD, Names
 
 # An idle time far beyond any lease, but below "now" so Redis keeps it as given.
 HANDBACK_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+# Handed-back entries wait under this name, so the consumer that stopped holds
+# nothing and can leave its group.
+HANDBACK_CONSUMER = "chirp-handed-back"
 
 
 @dataclass(slots=True)
@@ -89,6 +93,7 @@ class WorkerStore:
         self._renew_scheduled = redis.register_script(RENEW_SCHEDULED)
         self._claim_key = redis.register_script(CLAIM_KEY)
         self._renew_keys = redis.register_script(RENEW_KEYS)
+        self._forget_consumers = redis.register_script(FORGET_CONSUMERS)
 
     # Taking ------------------------------------------------------------------------
 
@@ -272,7 +277,7 @@ class WorkerStore:
             await self._redis.xclaim(
                 self.stream,
                 self.worker,
-                consumer,
+                HANDBACK_CONSUMER,
                 0,
                 from_stream,
                 idle=HANDBACK_IDLE_MS,
@@ -286,7 +291,20 @@ class WorkerStore:
             tokens = _tokens(consumer, held)
             await self._renew_keys(keys=markers, args=[0, 1, *tokens])
 
-    # Idempotency keys --------------------------------------------------------------
+    async def leave(self, consumer: str) -> None:
+        """Remove a stopping consumer from the group, if it holds no entry."""
+        await self._forget_consumers(
+            keys=[self.stream], args=[self.worker, 0, consumer]
+        )
+
+    async def forget_idle(self, idle_ms: int) -> int:
+        """Remove consumers idle past `idle_ms` that hold no entry; return how many."""
+        reply = await self._forget_consumers(
+            keys=[self.stream], args=[self.worker, idle_ms]
+        )
+        return int(reply)
+
+    # Idempotency keys ----------------------------------------------------------------
 
     async def claim_key(self, taken: Taken, consumer: str, lease_ms: int) -> str:
         """Claim an entry's idempotency key: 'claimed', 'done' or 'busy' (elsewhere)."""

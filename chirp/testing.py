@@ -15,6 +15,13 @@ It provides:
 - `client`: a connected `chirp.Client` in a namespace of its own (a `unique_name`), so
   every subject and key of one test is apart from every other test's.
 - `running_workers`: run workers in-process for the length of an ``async with``.
+
+Pure unit tests need no server: (with the ``memory`` extra installed)
+
+- `memory_transport`: a `MemoryTransport` of the test's own: a fake Redis server
+  (`fakeredis`, running Chirp's real commands and scripts) and an in-process NATS.
+- `memory_client`: a connected `chirp.Client` on it, in a namespace of its own; more
+  clients on the same transport come from ``Client.in_memory(transport=...)``.
 """
 
 import secrets
@@ -27,11 +34,15 @@ import pytest
 from chirp._client import Client
 from chirp._embedded import EmbeddedServers, embedded_servers_sync
 from chirp._host import WorkerHost
+from chirp._memory import MemoryTransport
 from chirp._worker import Worker
 
 __all__ = [
     "EmbeddedServers",
+    "MemoryTransport",
     "client",
+    "memory_client",
+    "memory_transport",
     "new_unique_name",
     "running_workers",
     "servers",
@@ -78,6 +89,23 @@ async def client(servers: EmbeddedServers, unique_name: str) -> AsyncIterator[Cl
         redis_url=servers.redis_url,
         namespace=unique_name,
         test=True,
+    ) as connected:
+        yield connected
+
+
+@pytest.fixture
+def memory_transport() -> MemoryTransport:
+    """Return an in-memory transport no other test shares."""
+    return MemoryTransport()
+
+
+@pytest.fixture
+async def memory_client(
+    memory_transport: MemoryTransport, unique_name: str
+) -> AsyncIterator[Client]:
+    """Return a client on the test's in-memory transport, in a namespace of its own."""
+    async with Client.in_memory(
+        "test", namespace=unique_name, transport=memory_transport, test=True
     ) as connected:
         yield connected
 

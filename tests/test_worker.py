@@ -421,3 +421,28 @@ async def test_bodies_are_logged_at_debug_except_sensitive_ones(
     assert "visible-text" in caplog.text
     assert "hunter2" not in caplog.text
     assert "<sensitive>" in caplog.text
+
+
+async def test_a_stopped_host_leaves_its_group_and_idle_ghosts_go(
+    client: Client, unique_name: str
+) -> None:
+    from chirp._store import WorkerStore
+
+    @chirp.worker(name=unique_name)
+    async def quick(ctx: Context, msg: Ping) -> None:
+        pass
+
+    stream = client.names.stream_key("test-ping")
+    async with running_workers(client, quick):
+        await client.context().msg(Ping(key="x"))
+        # A crashed host's consumer: it read nothing, so it holds nothing.
+        await client.redis.xreadgroup(unique_name, "ghost", {stream: ">"}, count=1)
+        await asyncio.sleep(0.05)
+
+    names = {c["name"] for c in await client.redis.xinfo_consumers(stream, unique_name)}
+    assert names == {b"ghost"}
+    store = WorkerStore(
+        client.redis, client.names, worker=unique_name, message="test-ping"
+    )
+    assert await store.forget_idle(0) == 1
+    assert await client.redis.xinfo_consumers(stream, unique_name) == []
