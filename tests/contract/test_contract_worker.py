@@ -253,3 +253,34 @@ async def test_status_counts_pending_scheduled_and_dead_entries(
     store.stream = _stream(client)
     levels = await store.levels()
     assert levels == {"pending": 1, "lag": 1, "scheduled": 1, "dead_letters": 1}
+
+
+async def test_a_stopped_host_leaves_its_group_and_idle_ghosts_go(
+    client: Client, unique_name: str
+) -> None:
+    done: list[str] = []
+
+    @chirp.worker(name=unique_name)
+    async def quick(ctx: Context, msg: Ping) -> None:
+        done.append(msg.key)
+
+    await client.context().msg(Ping(key="held"))
+    await _read_by_hand(client, unique_name, "crashed")
+    async with running_workers(client, quick):
+        await client.context().msg(Ping(key="x"))
+        await wait_for(lambda: done == ["x"])
+        # A crashed host's consumer that read nothing, so holds nothing.
+        await client.redis.xreadgroup(
+            unique_name, "ghost", {_stream(client): ">"}, count=1
+        )
+
+    async def consumers() -> set[bytes]:
+        rows: Any = await client.redis.xinfo_consumers(_stream(client), unique_name)
+        return {row["name"] for row in rows}
+
+    assert await consumers() == {b"crashed", b"ghost"}
+    store = WorkerStore(
+        client.redis, client.names, worker=unique_name, message="test-ping"
+    )
+    assert await store.forget_idle(0) == 1
+    assert await consumers() == {b"crashed"}
