@@ -63,7 +63,9 @@ class Consumer:
         worker: The worker to run.
         client: A connected client; handlers get contexts made from it.
         consumer: This consumer's name in the group, unique per host process.
-        clock: Seconds since the epoch; schedule times come from it.
+        clock: Seconds since the epoch; schedule times come from it. By default the
+            event loop's clock, set to the epoch when the consumer starts, so that a
+            test loop with fake time moves retries and leases along with its timers.
     """
 
     def __init__(
@@ -72,12 +74,13 @@ class Consumer:
         client: Client,
         *,
         consumer: str,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self._worker = worker
         self._client = client
         self._consumer = consumer
-        self._clock = clock
+        self._clock: Clock = clock or time.time
+        self._own_clock = clock is None
         self._store = WorkerStore(
             client.redis, client.names, worker=worker.name, message=worker.spec.name
         )
@@ -130,6 +133,8 @@ class Consumer:
 
     async def start(self) -> None:
         """Create the consumer group if needed and start consuming."""
+        if self._own_clock:
+            self._clock = _loop_clock(asyncio.get_running_loop())
         await self._store.ensure_group()
         self._loops = [
             asyncio.create_task(self._guarded(self._read_loop)),
@@ -605,6 +610,12 @@ class Consumer:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+
+def _loop_clock(loop: asyncio.AbstractEventLoop) -> Clock:
+    """Return epoch seconds that advance with `loop.time()`."""
+    offset = time.time() - loop.time()
+    return lambda: loop.time() + offset
 
 
 def _describe(error: BaseException) -> str:

@@ -3,7 +3,8 @@
 `asyncio.timeout` costs about 4 us a call (a timer handle in the loop's heap, created
 and cancelled every time), many times the cost of the call it guards. Operation calls
 instead register in a per-loop table, and one watcher task, running only while calls
-are in flight, wakes every `TICK` seconds and cancels the tasks whose deadline passed.
+are in flight, sleeps until the earliest deadline (woken sooner when an earlier one
+registers, and at least `TICK` seconds) and cancels the tasks whose deadline passed.
 A deadline is so enforced within `TICK` of its time, for a few tens of nanoseconds a
 call.
 """
@@ -49,6 +50,8 @@ class _Watcher:
         self.calls: dict[int, Deadline] = {}
         self._keys = itertools.count()
         self._task: asyncio.Task[None] | None = None
+        self._wake_at = 0.0
+        self._earlier = asyncio.Event()
 
     def watch(self, when: float) -> Deadline:
         task = asyncio.current_task(self.loop)
@@ -57,15 +60,29 @@ class _Watcher:
         self.calls[deadline._key] = deadline
         if self._task is None:
             self._task = self.loop.create_task(self._run())
+        elif when < self._wake_at:
+            self._earlier.set()
         return deadline
 
     async def _run(self) -> None:
         try:
             while self.calls:
-                await asyncio.sleep(TICK)
-                self._expire(self.loop.time())
+                now = self.loop.time()
+                self._expire(now)
+                await self._sleep(now)
         finally:
             self._task = None
+
+    async def _sleep(self, now: float) -> None:
+        """Sleep until the earliest deadline, or until an earlier one registers."""
+        waiting = [d.when for d in self.calls.values() if not d.expired]
+        delay = max(TICK, min(waiting, default=now + TICK) - now)
+        self._wake_at = now + delay
+        self._earlier.clear()
+        try:
+            await asyncio.wait_for(self._earlier.wait(), delay)
+        except TimeoutError:
+            pass
 
     def _expire(self, now: float) -> None:
         cancelled: set[asyncio.Task[object]] = set()

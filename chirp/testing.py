@@ -22,6 +22,12 @@ Pure unit tests need no server: (with the ``memory`` extra installed)
   (`fakeredis`, running Chirp's real commands and scripts) and an in-process NATS.
 - `memory_client`: a connected `chirp.Client` on it, in a namespace of its own; more
   clients on the same transport come from ``Client.in_memory(transport=...)``.
+
+Time control: mark a test ``@pytest.mark.looptime`` (the ``looptime`` plugin, in the
+``testing`` extra) and use `memory_client`: the event loop's clock then jumps ahead
+whenever every task waits on a timer, and Chirp's backoff schedule and deadlines follow
+that clock, so an hour of retries passes in milliseconds. Lease takeovers are timed by
+Redis's own clock and stay in real time.
 """
 
 import secrets
