@@ -15,6 +15,8 @@ It provides:
 - `client`: a connected `chirp.Client` in a namespace of its own (a `unique_name`), so
   every subject and key of one test is apart from every other test's.
 - `running_workers`: run workers in-process for the length of an ``async with``.
+- `published`: the messages of one kind published so far, to assert what a worker
+  published.
 
 Pure unit tests need no server: (with the ``memory`` extra installed)
 
@@ -31,17 +33,23 @@ Redis's own clock and stay in real time.
 """
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from google.protobuf.message import Message
 
 from chirp._client import Client
 from chirp._embedded import EmbeddedServers, embedded_servers_sync
 from chirp._host import WorkerHost
 from chirp._memory import MemoryTransport
+from chirp._schema import message_spec
+from chirp._subscribe import Received, received_from
+from chirp._wire import ENVELOPE_FIELD, decode_envelope
 from chirp._worker import Worker
+
+M = TypeVar("M", bound=Message)
 
 __all__ = [
     "EmbeddedServers",
@@ -50,6 +58,7 @@ __all__ = [
     "memory_client",
     "memory_transport",
     "new_unique_name",
+    "published",
     "running_workers",
     "servers",
     "unique_name",
@@ -133,3 +142,31 @@ async def running_workers(
         yield host
     finally:
         await host.drain()
+
+
+async def published(
+    client: Client, message: type[M], params: Mapping[str, object] | None = None
+) -> list[Received[M]]:
+    """Return every `message` in its stream, oldest first: what was published.
+
+    Reads the durable stream of the client's namespace, so it sees messages published
+    before the call, by any process. `params` keeps those whose parameters match.
+
+    Example::
+
+        async with running_workers(client, user_create):
+            await client.context().publish_wait(UserCreate(...), UserCreateComplete)
+        [done] = await published(client, UserCreateComplete)
+    """
+    spec = message_spec(message)
+    wanted = spec.parameters_from(dict(params or {}))
+    rows: Any = await client.redis.xrange(client.names.stream_key(spec.name))
+    found = []
+    for entry_id, fields in rows:
+        where = f"entry {entry_id.decode()}"
+        envelope = decode_envelope(fields[ENVELOPE_FIELD], where=where)
+        received = received_from(spec, envelope, where=where)
+        pairs = zip(wanted, received.parameters, strict=True)
+        if all(w is None or w == v for w, v in pairs):
+            found.append(received)
+    return found

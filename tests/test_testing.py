@@ -1,4 +1,4 @@
-"""Backoff and timeouts in fake time: the in-memory transport with looptime.
+"""The test harness: fake time with the in-memory transport, and `published`.
 
 A test marked ``looptime`` runs on an event loop whose clock jumps ahead whenever
 every task waits on a timer, so hours of backoff pass in milliseconds. Chirp's
@@ -51,3 +51,24 @@ async def test_an_operation_deadline_passes_in_fake_time(
     with pytest.raises(chirp.ChirpTimeoutError):
         await very_slow(memory_client.context(), EchoRequest())
     assert time.monotonic() - started < 5
+
+
+async def test_published_lists_what_a_worker_published(
+    memory_client: chirp.Client,
+) -> None:
+    from chirp.testing import published
+
+    @chirp.worker(name="answers")
+    async def answers(ctx: chirp.Context, msg: Ping) -> None:
+        await ctx.msg(PingDone(key=msg.key, text="done"))
+
+    ctx = memory_client.context()
+    async with running_workers(memory_client, answers):
+        await ctx.publish_wait(Ping(key="a"), PingDone, timeout=5)
+        await ctx.publish_wait(Ping(key="b"), PingDone, timeout=5)
+
+    everything = await published(memory_client, PingDone)
+    only_b = await published(memory_client, PingDone, {"key": "b"})
+    assert [r.body.key for r in everything] == ["a", "b"]
+    assert [r.body.key for r in only_b] == ["b"]
+    assert only_b[0].trace[-1].context_name == "answers"
