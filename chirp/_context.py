@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from chirp._errors import ChirpTimeoutError, MessageFailed, UsageError
 from chirp._ids import new_id
-from chirp._metrics import PUBLISH_SECONDS, histogram
+from chirp._metrics import PUBLISH_SECONDS, LocalHistogram, histogram
 from chirp._publish import DurableWrite
 from chirp._schema import MessageSpec, message_spec
 from chirp._subscribe import Received, Subscription, TraceEntry, received_from
@@ -221,15 +221,14 @@ class Context:
             idempotency_key = spec.idempotency_key_of(body)
         data = self._envelope(spec.name, parameters, body, request_id, idempotency_key)
         names = self._client.names
-        write = DurableWrite(
-            names.stream_key(spec.name), data, names.subject(spec.name, parameters)
-        )
+        stream, latency = _per_message(names, spec.name)
+        write = DurableWrite(stream, data, names.subject(spec.name, parameters))
         if spec.tail_ttl_ms:
             write.tail_key = names.tail_key(spec.name, parameters)
             write.tail_ttl_ms = spec.tail_ttl_ms
         started = time.perf_counter()
         entry_id = await self._client.writer.write(write)
-        histogram(PUBLISH_SECONDS, spec.name).observe(time.perf_counter() - started)
+        latency.observe(time.perf_counter() - started)
         return Published(request_id, entry_id.decode())
 
     def _envelope(
@@ -375,6 +374,19 @@ class Context:
         if received.name != replies[0].name:
             raise _failure(received, spec.name)
         return received
+
+
+_per_message_cache: dict[tuple[str, str], tuple[str, LocalHistogram]] = {}
+
+
+def _per_message(names: Names, message: str) -> tuple[str, LocalHistogram]:
+    """Return a message's stream key and latency histogram, computed once."""
+    key = (names.namespace, message)
+    found = _per_message_cache.get(key)
+    if found is None:
+        found = (names.stream_key(message), histogram(PUBLISH_SECONDS, message))
+        _per_message_cache[key] = found
+    return found
 
 
 def _as_dict(params: Params | None) -> dict[str, object]:

@@ -44,7 +44,7 @@ class DurableWrite:
 class StreamWriter:
     """Append envelopes to Redis Streams, batching concurrent callers into pipelines.
 
-    Every `retention // 4` writes to a stream, the writer trims it: to its newest
+    Every `retention` writes to a stream, the writer trims it: to its newest
     `retention` entries, but never past an entry a consumer group still needs.
 
     Args:
@@ -68,7 +68,9 @@ class StreamWriter:
         self._attempts = attempts
         self._retry_delay = retry_delay
         self._retention = retention
-        self._trim_every = max(retention // 4, 100)
+        # A trim reads the newest `retention` entries: once per as many writes, it
+        # costs about one entry read per publish.
+        self._trim_every = max(retention, 100)
         self._trim = trim_script(redis)
         self._written: dict[str, int] = {}
         self._queue: list[tuple[DurableWrite, asyncio.Future[bytes]]] = []

@@ -167,23 +167,6 @@ async def test_subscribe_is_registered_even_under_concurrent_load(
         await asyncio.gather(*(one_round(batch * 32 + i) for i in range(32)))
 
 
-async def test_tail_keeps_the_latest_per_parameter_set(client: chirp.Client) -> None:
-    ctx = client.context()
-    assert await ctx.tail_read(Status, {"region": "eu", "user_id": 1}) is None
-
-    await ctx.msg(Status(region="eu", user_id=1, status="first"))
-    latest = await ctx.msg(Status(region="eu", user_id=1, status="second"))
-    await ctx.msg(Status(region="eu", user_id=2, status="other"))
-
-    one = await ctx.tail_read(Status, {"region": "eu", "user_id": 1})
-    two = await ctx.tail_read(Status, {"region": "eu", "user_id": 2})
-    assert one is not None and two is not None
-    assert (one.body.status, one.request_id) == ("second", latest.request_id)
-    assert one.parameters == ("eu", "1")
-    assert two.body.status == "other"
-    assert await ctx.tail_read(Status, {"region": "us", "user_id": 1}) is None
-
-
 async def test_tail_read_misuse(client: chirp.Client) -> None:
     ctx = client.context()
 
@@ -238,43 +221,6 @@ async def test_tail_anchor_times_out(client: chirp.Client) -> None:
     assert 0.2 <= time.monotonic() - started < 2
 
 
-async def test_publish_wait_returns_the_completion(
-    client: chirp.Client, unique_name: str
-) -> None:
-    ctx = client.context("waiter")
-
-    async with running_workers(client, ping_worker(unique_name)):
-        done = await ctx.publish_wait(
-            Ping(key="k", text="hi"), PingDone, fail=PingFailed, timeout=10
-        )
-
-    [(_, request)] = await stream_envelopes(client, "test-ping")
-    assert done.body == PingDone(key="k", text="hi")
-    assert done.ray_id == ctx.ray_id
-    assert done.passed_through(request.request_id)
-    hops = [(t.context_name, t.request_id) for t in done.trace]
-    assert hops == [("waiter", ctx.request_id), (unique_name, request.request_id)]
-
-
-async def test_publish_wait_raises_the_failure(
-    client: chirp.Client, unique_name: str
-) -> None:
-    ctx = client.context()
-
-    async with running_workers(client, ping_worker(unique_name)):
-        with pytest.raises(chirp.MessageFailed) as failed:
-            await ctx.publish_wait(
-                Ping(key="k", text="fail"), PingDone, fail=PingFailed, timeout=10
-            )
-
-    assert failed.value.code == "NOPE"
-    assert failed.value.message == "told to"
-    assert failed.value.received.body == PingFailed(
-        key="k", code="NOPE", message="told to"
-    )
-    assert isinstance(failed.value, chirp.OperationError)
-
-
 async def test_publish_wait_ignores_completions_of_other_requests(
     client: chirp.Client, other: chirp.Client, unique_name: str
 ) -> None:
@@ -297,13 +243,3 @@ async def test_publish_wait_ignores_completions_of_other_requests(
     assert first.body.text == "decoy", "the decoy came too late to test anything"
     await seen.close()
     await pings.close()
-
-
-async def test_publish_wait_times_out_without_a_worker(client: chirp.Client) -> None:
-    ctx = client.context()
-    started = time.monotonic()
-
-    with pytest.raises(chirp.ChirpTimeoutError):
-        await ctx.publish_wait(Ping(key="k"), PingDone, fail=PingFailed, timeout=0.5)
-
-    assert 0.5 <= time.monotonic() - started < 2

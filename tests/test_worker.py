@@ -12,7 +12,6 @@ from chirptest.messages_pb2 import Ping, PingDone, PingFailed
 
 import chirp
 from chirp import Backoff, Client, Context
-from chirp.envelope_pb2 import Envelope
 from chirp.testing import running_workers
 
 
@@ -62,35 +61,6 @@ async def test_failing_handler_is_retried_with_backoff(
     stats = await client.redis.hgetall(client.names.stats_key(unique_name))
     assert stats[b"retries"] == b"2"
     assert await client.redis.zcard(client.names.retry_key(unique_name)) == 0
-
-
-async def test_undecodable_entries_are_dead_lettered_and_the_next_is_handled(
-    client: Client, unique_name: str
-) -> None:
-    handled: list[str] = []
-
-    @chirp.worker(name=unique_name)
-    async def record(ctx: Context, msg: Ping) -> None:
-        handled.append(msg.key)
-
-    stream = client.names.stream_key("test-ping")
-    wrong_body = Envelope(name="test-ping", body=b"\xff\xff\xff")
-    garbage = await client.redis.xadd(stream, {b"e": b"\xff\x00 not protobuf"})
-    no_field = await client.redis.xadd(stream, {b"other": b"field"})
-    bad_body = await client.redis.xadd(stream, {b"e": wrong_body.SerializeToString()})
-    await client.context().msg(Ping(key="good"))
-
-    dead_key = client.names.dead_letter_key(unique_name)
-    async with running_workers(client, record):
-        await _wait_for(lambda: handled == ["good"])
-        await _wait_for_async(lambda: client.redis.xlen(dead_key), 3)
-
-    dead = await client.redis.xrange(dead_key)
-    reasons = {fields[b"entry_id"]: fields[b"reason"].decode() for _, fields in dead}
-    assert "not a Chirp envelope" in reasons[garbage]
-    assert "no 'e' field" in reasons[no_field]
-    assert "does not parse as chirptest.Ping" in reasons[bad_body]
-    assert await _pending(client, unique_name) == 0
 
 
 async def _wait_for_async(read: Any, expected: object, timeout: float = 10.0) -> None:
@@ -152,31 +122,6 @@ async def test_two_workers_each_get_every_message_and_instances_share(
     assert seen["mail-1"] and seen["mail-2"]
 
 
-async def test_attempt_limit_sends_the_message_to_dead_letters(
-    client: Client, unique_name: str
-) -> None:
-    @chirp.worker(
-        name=unique_name, backoff=Backoff(base=0.01, cap=0.02, max_attempts=2)
-    )
-    async def hopeless(ctx: Context, msg: Ping) -> None:
-        raise ValueError(f"cannot handle {msg.key}")
-
-    await client.context().msg(Ping(key="doomed"))
-    dead_key = client.names.dead_letter_key(unique_name)
-    async with running_workers(client, hopeless):
-        await _wait_for_async(lambda: client.redis.xlen(dead_key), 1)
-
-    [(_, fields)] = await client.redis.xrange(dead_key)
-    assert fields[b"attempts"] == b"2"
-    assert (
-        b"gave up after attempt 2: ValueError: cannot handle doomed"
-        in fields[b"reason"]
-    )
-    assert Envelope.FromString(fields[b"envelope"]).name == "test-ping"
-    assert await client.redis.zcard(client.names.retry_key(unique_name)) == 0
-    assert await client.redis.hlen(client.names.attempts_key(unique_name)) == 0
-
-
 async def test_stop_lets_in_flight_handlers_finish(
     client: Client, unique_name: str
 ) -> None:
@@ -195,31 +140,6 @@ async def test_stop_lets_in_flight_handlers_finish(
 
     assert finished == ["x"]
     assert await _pending(client, unique_name) == 0
-
-
-async def test_stop_hands_back_unfinished_work_without_counting_an_attempt(
-    client: Client, unique_name: str
-) -> None:
-    attempts: list[int] = []
-    first_started = asyncio.Event()
-
-    @chirp.worker(name=unique_name, lease=60)
-    async def long(ctx: Context, msg: Ping) -> None:
-        attempts.append(ctx.attempt)
-        if len(attempts) == 1:
-            first_started.set()
-            await asyncio.sleep(60)
-
-    async with running_workers(client, long, grace=0.1):
-        await client.context().msg(Ping(key="x"))
-        await asyncio.wait_for(first_started.wait(), 5)
-
-    # A lease of 60 s: only the hand-back can make the entry available this soon.
-    async with running_workers(client, long):
-        await _wait_for(lambda: len(attempts) == 2, timeout=5)
-    assert attempts == [1, 1]
-    assert await _pending(client, unique_name) == 0
-    assert await client.redis.zcard(client.names.retry_key(unique_name)) == 0
 
 
 async def test_retry_schedule_survives_a_restart_of_the_host(
@@ -243,24 +163,6 @@ async def test_retry_schedule_survives_a_restart_of_the_host(
         await _wait_for(lambda: len(starts) == 2, timeout=5)
     assert [attempt for attempt, _ in starts] == [1, 2]
     assert starts[1][1] - starts[0][1] >= 0.99
-
-
-async def test_long_handler_keeps_its_lease_and_runs_once(
-    client: Client, unique_name: str
-) -> None:
-    runs: list[str] = []
-
-    @chirp.worker(name=unique_name, lease=0.6)
-    async def long(ctx: Context, msg: Ping) -> None:
-        runs.append(msg.key)
-        await asyncio.sleep(2.0)
-
-    async with running_workers(client, long), running_workers(client, long):
-        await client.context().msg(Ping(key="x"))
-        await _wait_for(lambda: len(runs) == 1)
-        await asyncio.sleep(2.3)
-    assert runs == ["x"]
-    assert await _pending(client, unique_name) == 0
 
 
 def test_worker_declaration_errors() -> None:
@@ -421,28 +323,3 @@ async def test_bodies_are_logged_at_debug_except_sensitive_ones(
     assert "visible-text" in caplog.text
     assert "hunter2" not in caplog.text
     assert "<sensitive>" in caplog.text
-
-
-async def test_a_stopped_host_leaves_its_group_and_idle_ghosts_go(
-    client: Client, unique_name: str
-) -> None:
-    from chirp._store import WorkerStore
-
-    @chirp.worker(name=unique_name)
-    async def quick(ctx: Context, msg: Ping) -> None:
-        pass
-
-    stream = client.names.stream_key("test-ping")
-    async with running_workers(client, quick):
-        await client.context().msg(Ping(key="x"))
-        # A crashed host's consumer: it read nothing, so it holds nothing.
-        await client.redis.xreadgroup(unique_name, "ghost", {stream: ">"}, count=1)
-        await asyncio.sleep(0.05)
-
-    names = {c["name"] for c in await client.redis.xinfo_consumers(stream, unique_name)}
-    assert names == {b"ghost"}
-    store = WorkerStore(
-        client.redis, client.names, worker=unique_name, message="test-ping"
-    )
-    assert await store.forget_idle(0) == 1
-    assert await client.redis.xinfo_consumers(stream, unique_name) == []
