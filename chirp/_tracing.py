@@ -73,13 +73,8 @@ def _span(
 
 def publish_span(message: str, ray_id: str) -> Any:
     """Return a context manager spanning one publish (a no-op without tracing)."""
-    if trace is None or not active():
-        return _NOTHING
-    return _span(
-        f"publish {message}",
-        SpanKind.PRODUCER,
-        {"chirp.message": message, "chirp.ray_id": ray_id},
-        None,
+    return _maybe_span(
+        f"publish {message}", "PRODUCER", {"chirp.message": message}, ray_id
     )
 
 
@@ -87,39 +82,35 @@ def handle_span(
     worker: str, message: str, ray_id: str, carrier: Mapping[str, str]
 ) -> Any:
     """Return a context manager spanning one handling, in the publisher's trace."""
-    if trace is None or not active():
-        return _NOTHING
-    parent = propagate.extract(carrier) if carrier else None
-    return _span(
-        f"handle {message}",
-        SpanKind.CONSUMER,
-        {"chirp.worker": worker, "chirp.message": message, "chirp.ray_id": ray_id},
-        parent,
-    )
+    attributes = {"chirp.worker": worker, "chirp.message": message}
+    return _maybe_span(f"handle {message}", "CONSUMER", attributes, ray_id, carrier)
 
 
 def call_span(operation: str, ray_id: str) -> Any:
     """Return a context manager spanning one operation call."""
-    if trace is None or not active():
-        return _NOTHING
-    return _span(
-        f"operation {operation}",
-        SpanKind.INTERNAL,
-        {"chirp.operation": operation, "chirp.ray_id": ray_id},
-        None,
-    )
+    attributes = {"chirp.operation": operation}
+    return _maybe_span(f"operation {operation}", "INTERNAL", attributes, ray_id)
 
 
 def wait_span(message: str, ray_id: str) -> Any:
     """Return a context manager spanning one publish-and-wait."""
+    attributes = {"chirp.message": message}
+    return _maybe_span(f"publish_wait {message}", "CLIENT", attributes, ray_id)
+
+
+def _maybe_span(
+    name: str,
+    kind: str,
+    attributes: dict[str, str],
+    ray_id: str,
+    carrier: Mapping[str, str] | None = None,
+) -> Any:
+    """Return a span context manager, or a no-op one when nothing records spans."""
     if trace is None or not active():
         return _NOTHING
-    return _span(
-        f"publish_wait {message}",
-        SpanKind.CLIENT,
-        {"chirp.message": message, "chirp.ray_id": ray_id},
-        None,
-    )
+    parent = propagate.extract(carrier) if carrier else None
+    attributes["chirp.ray_id"] = ray_id
+    return _span(name, getattr(SpanKind, kind), attributes, parent)
 
 
 def inject(carrier: MutableMapping[str, str]) -> None:
