@@ -133,11 +133,6 @@ class Names:
         return f"{self._keys}:stats:{worker}"
 
 
-def encode_envelope(envelope: Envelope) -> bytes:
-    """Return the bytes of an envelope."""
-    return envelope.SerializeToString()
-
-
 def decode_envelope(data: bytes, *, where: str) -> Envelope:
     """Decode envelope bytes.
 
