@@ -34,8 +34,9 @@ demo: venv
 	PYTHONPATH=examples $(BIN)/python -m arena.demo $(if $(REQUESTS),--requests $(REQUESTS))
 
 # The peers (FastStream, Taskiq) and the plotting and profiling tools live in a venv of
-# their own, so nothing the benchmark needs ever reaches the project's dependencies.
-PEERS := bench/.venv-peers
+# their own (inside .venv, so tools that skip it skip this too), so nothing the benchmark
+# needs ever reaches the project's dependencies.
+PEERS := $(VENV)/peers
 PEERS_STAMP := $(PEERS)/.installed
 
 $(PEERS_STAMP):

@@ -21,7 +21,7 @@ from chirp.envelope_pb2 import Envelope, TraceEntry
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-PEERS_PYTHON = REPO / "bench" / ".venv-peers" / "bin" / "python"
+PEERS_PYTHON = REPO / ".venv" / "peers" / "bin" / "python"
 PAYLOAD_SIZE = 256
 DRAIN_TIMEOUT = 900.0
 _POLL_SECONDS = 0.01

@@ -1,7 +1,7 @@
 """Draw the plots of docs/performance.md from a results file (needs matplotlib).
 
 Run by the peers' venv, where matplotlib is installed:
-``bench/.venv-peers/bin/python -m bench.plot bench/results/latest.json``.
+``.venv/peers/bin/python -m bench.plot bench/results/latest.json``.
 """
 
 from __future__ import annotations

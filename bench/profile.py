@@ -1,6 +1,6 @@
 """Sample where Chirp spends its time: ``python -m bench.profile [SCENARIO...]``.
 
-Runs each scenario under py-spy (from ``bench/.venv-peers``) against embedded
+Runs each scenario under py-spy (from ``.venv/peers``) against embedded
 servers, then ranks the sampled frames: *self* (the frame was the one running) and
 *inclusive* (the frame was anywhere on the stack, for lines in ``chirp/``). Writes
 ``bench/results/profile-SCENARIO.txt`` (collapsed stacks, for flame graph tools) and

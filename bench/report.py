@@ -155,7 +155,7 @@ def _update_doc(text: str) -> None:
 def _plot() -> None:
     """Draw the PNG plots with matplotlib from the peers' venv, if it is there."""
     if not PEERS_PYTHON.exists():
-        print("no bench/.venv-peers: plots skipped", file=sys.stderr)
+        print("no .venv/peers: plots skipped", file=sys.stderr)
         return
     env = {"PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"}
     command = [str(PEERS_PYTHON), "-m", "bench.plot", str(RESULTS / "latest.json")]

@@ -62,7 +62,7 @@ async def run(names: list[str], args: argparse.Namespace) -> Lab:
         try:
             for name in names:
                 if name == "peers" and not peers.peers_ready():
-                    print("peers: skipped, no bench/.venv-peers (run `make bench`)")
+                    print("peers: skipped, no .venv/peers (run `make bench`)")
                     continue
                 print(f"{name}:", flush=True)
                 await SUITES[name](lab)

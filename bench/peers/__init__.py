@@ -1,4 +1,4 @@
-"""Peer frameworks draining the same backlog, run by ``bench/.venv-peers``.
+"""Peer frameworks draining the same backlog, run by ``.venv/peers``.
 
 Each script has two commands: ``fill URL COUNT SIZE`` publishes one message through
 the framework, copies its stream entry until COUNT are queued and exits;

@@ -1,6 +1,6 @@
 """Peers: FastStream and Taskiq draining the same backlog, beside Chirp at c128.
 
-The peers run as subprocesses of ``bench/.venv-peers`` (see `bench.peers`). Their
+The peers run as subprocesses of ``.venv/peers`` (see `bench.peers`). Their
 Redis drains are timed like Chirp's, from the consumer group; FastStream's NATS
 subscriber pulls a JetStream stream on a second, JetStream-enabled server, timed from
 its durable consumer's state.
