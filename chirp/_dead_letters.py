@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,18 @@ class DeadLetter:
     attempts: int
     ts: int
     envelope: bytes | None
+
+    @classmethod
+    def from_fields(cls, dead_id: str, fields: Mapping[bytes, bytes]) -> DeadLetter:
+        """Read a dead letter from the fields of its dead-letter stream entry."""
+        return cls(
+            dead_id=dead_id,
+            entry_id=fields.get(b"entry_id", b"").decode(),
+            reason=fields.get(b"reason", b"").decode(errors="replace"),
+            attempts=int(fields.get(b"attempts", b"0")),
+            ts=int(fields.get(b"ts", b"0")),
+            envelope=fields.get(b"envelope"),
+        )
 
     def describe(self) -> dict[str, Any]:
         """Return a JSON-ready summary, with the envelope decoded when it can be."""
@@ -129,14 +141,7 @@ class DeadLetters:
 
 def _dead_letter(row: Any) -> DeadLetter:
     dead_id, fields = row
-    return DeadLetter(
-        dead_id=dead_id.decode(),
-        entry_id=fields.get(b"entry_id", b"").decode(),
-        reason=fields.get(b"reason", b"").decode(errors="replace"),
-        attempts=int(fields.get(b"attempts", b"0")),
-        ts=int(fields.get(b"ts", b"0")),
-        envelope=fields.get(b"envelope"),
-    )
+    return DeadLetter.from_fields(dead_id.decode(), fields)
 
 
 def _decoded(data: bytes | None) -> Envelope | None:

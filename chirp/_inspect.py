@@ -633,18 +633,7 @@ async def _dead_letters_of(
         if not _NAME.fullmatch(worker):
             continue
         async for dead_id, fields in _entries(redis, key, chunk):
-            described = _dead_letter(dead_id, fields).describe()
+            described = DeadLetter.from_fields(dead_id, fields).describe()
             if described.get("ray_id") == ray_id:
                 found.append({"worker": worker, **described})
     return found
-
-
-def _dead_letter(dead_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
-    return DeadLetter(
-        dead_id=dead_id,
-        entry_id=fields.get(b"entry_id", b"").decode(),
-        reason=fields.get(b"reason", b"").decode(errors="replace"),
-        attempts=int(fields.get(b"attempts", b"0")),
-        ts=int(fields.get(b"ts", b"0")),
-        envelope=fields.get(b"envelope"),
-    )
