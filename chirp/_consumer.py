@@ -22,6 +22,7 @@ from chirp._metrics import WorkerMetrics
 from chirp._schema import failure_for
 from chirp._store import Taken, WorkerStore
 from chirp._subscribe import Received, received_from
+from chirp._tracing import active as tracing_active
 from chirp._tracing import handle_span
 from chirp._wire import ENVELOPE_FIELD, decode_envelope
 from chirp._worker import Worker
@@ -57,7 +58,14 @@ class Consumer:
 
     Two loops fill the free handler slots: the read loop takes new entries from the
     stream, the schedule loop takes due retries and entries whose lease ran out.
-    Entries taken while every slot is busy wait in a local queue, still leased.
+    Taken entries wait in a local queue, still leased, for a runner.
+
+    Runners are tasks, at most `concurrency` of them, that each handle one entry after
+    another. A task per message would cost more than a no-op handler itself; instead
+    one runner works through the queue, and whenever it yields to the event loop (its
+    handler awaits something) with entries still waiting, more runners are woken or
+    started for them. Handlers that never wait so cost no task switch at all, and
+    handlers that do wait still run `concurrency` at a time.
 
     Args:
         worker: The worker to run.
@@ -85,7 +93,13 @@ class Consumer:
             client.redis, client.names, worker=worker.name, message=worker.spec.name
         )
         self._lease_ms = int(worker.lease * 1000)
+        # Busy runners and the entry each handles; all runners; idle runners' wake-ups.
         self._running: dict[asyncio.Task[None], Taken] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        self._idle: list[asyncio.Future[None]] = []
+        # Runners woken or started that have not yet looked at the queue.
+        self._starting = 0
+        self._yield_watch = False
         self._waiting: deque[Taken] = deque()
         self._slot_freed = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -157,12 +171,16 @@ class Consumer:
         await asyncio.gather(*self._loops, return_exceptions=True)
         unstarted = list(self._waiting)
         self._waiting.clear()
+        for idle in self._idle:
+            idle.set_result(None)
+        self._idle.clear()
         if self._running:
             await asyncio.wait(list(self._running), timeout=grace)
         leftover = dict(self._running)
-        for task in leftover:
+        for task in self._runners:
             task.cancel()
-        await asyncio.gather(*leftover, return_exceptions=True)
+        await asyncio.gather(*self._runners, return_exceptions=True)
+        self._runners.clear()
         self._done.set()
         if self._renewer is not None:
             # Cancelled and awaited with a bound: a cancellation that a client
@@ -223,8 +241,7 @@ class Consumer:
             count = min(free, self._worker.batch)
             taken = await self._store.read_new(self._consumer, count, READ_BLOCK_MS)
             self.last_progress = time.monotonic()
-            for entry in taken:
-                self._take(entry)
+            self._take(taken)
 
     async def _schedule_loop(self) -> None:
         """Take due retries, and now and then entries idle past their lease.
@@ -239,8 +256,7 @@ class Consumer:
                 self._consumer, now_ms, self._lease_ms, free
             )
             self.last_progress = time.monotonic()
-            for entry in due:
-                self._take(entry)
+            self._take(due)
             taken = len(due)
             if free > taken and now_ms >= self._next_reclaim_ms:
                 taken += await self._take_idle(free - taken)
@@ -260,8 +276,7 @@ class Consumer:
         if cursor == "0-0":
             self._next_reclaim_ms = self._now_ms() + self._lease_ms // 2
             await self._store.forget_idle(max(FORGET_AFTER_MS, 10 * self._lease_ms))
-        for entry in taken:
-            self._take(entry)
+        self._take(taken)
         if taken or vanished:
             logger.info(
                 "worker %s: took over %d entries idle past the %ss lease "
@@ -289,41 +304,76 @@ class Consumer:
 
     # Handling one entry ------------------------------------------------------------
 
-    def _take(self, entry: Taken) -> None:
-        """Queue a taken entry and start it as soon as a handler slot is free."""
-        self._waiting.append(entry)
-        self._dispatch()
+    def _take(self, entries: list[Taken]) -> None:
+        """Queue taken entries; a runner starts on them unless one is about to."""
+        if entries:
+            self._waiting.extend(entries)
+            if not self._starting:
+                self._wake(1)
 
-    def _dispatch(self) -> None:
-        while (
-            self._waiting
-            and len(self._running) < self._worker.concurrency
-            and not self._stopping.is_set()
-        ):
+    def _wake(self, wanted: int) -> None:
+        """Wake idle runners, or start new ones within the concurrency, for entries."""
+        while wanted > 0 and self._idle:
+            self._idle.pop().set_result(None)
+            self._starting += 1
+            wanted -= 1
+        spare = self._worker.concurrency - len(self._runners)
+        for _ in range(min(wanted, spare)):
+            task = asyncio.get_running_loop().create_task(self._runner())
+            self._runners.add(task)
+            task.add_done_callback(self._runners.discard)
+            self._starting += 1
+
+    def _on_yield(self) -> None:
+        """Called once a runner yielded to the loop: get runners for what waits."""
+        self._yield_watch = False
+        unserved = len(self._waiting) - self._starting
+        if unserved > 0 and not self._stopping.is_set():
+            self._wake(unserved)
+
+    async def _runner(self) -> None:
+        """Handle waiting entries one after another; wait idle when there are none."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
+        self._starting -= 1
+        while not self._stopping.is_set():
+            if not self._waiting:
+                idle: asyncio.Future[None] = loop.create_future()
+                self._idle.append(idle)
+                await idle
+                self._starting -= 1
+                continue
             entry = self._waiting.popleft()
-            task = asyncio.create_task(self._handle(entry))
+            if self._waiting and not self._yield_watch:
+                # Runs as soon as this runner yields: if its handler waits, the rest
+                # of the queue gets runners of its own.
+                self._yield_watch = True
+                loop.call_soon(self._on_yield)
             self._running[task] = entry
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
-        self.last_progress = time.monotonic()
-        self._dispatch()
-        self._slot_freed.set()
-        if not task.cancelled() and task.exception() is not None:
-            # The entry stays leased to nobody: it returns after the lease.
-            logger.error(
-                "worker %s: recording the outcome of a message failed: %s",
-                self.name,
-                task.exception(),
-                extra={"worker": self.name},
-            )
+            try:
+                await self._handle(entry)
+            except Exception as error:
+                # The entry stays leased to nobody: it returns after the lease.
+                logger.error(
+                    "worker %s: recording the outcome of a message failed: %s",
+                    self.name,
+                    error,
+                    extra={"worker": self.name},
+                )
+            finally:
+                del self._running[task]
+            self.last_progress = time.monotonic()
+            self._slot_freed.set()
 
     async def _handle(self, entry: Taken) -> None:
         try:
             received = self._decode(entry)
         except DecodeError as error:
             await self._dead_letter(entry, str(error))
+            return
+        if not tracing_active():
+            await self._run(entry, received)
             return
         span = handle_span(self.name, received.name, received.ray_id, entry.otel or {})
         with span:
@@ -353,7 +403,10 @@ class Consumer:
         self._metrics.ok.inc()
         if handled_logger.isEnabledFor(logging.INFO):
             self._log_done(entry, received, took)
-        await self._succeeded(entry)
+        if entry.idempotency_key or entry.scheduled:
+            await self._succeeded(entry)
+        else:
+            self._ack(entry.entry_id)
 
     def _refusal(self, received: Received[Any]) -> tuple[str, str] | None:
         """Return the code and reason to refuse a message with, or None to run it."""
@@ -365,9 +418,7 @@ class Consumer:
                     f"{received.name} {received.request_id} is {age:.1f}s old, past "
                     f"the {worker.max_age}s max_age of worker {worker.name}"
                 )
-        if not worker.allow_recursive and any(
-            hop.context_name == worker.name for hop in received.trace
-        ):
+        if not worker.allow_recursive and received.visited(worker.name):
             return RECURSIVE, (
                 f"{received.name} {received.request_id} already passed through "
                 f"worker {worker.name} on ray {received.ray_id}"
@@ -441,7 +492,7 @@ class Consumer:
             name=self._worker.name,
             ray_id=received.ray_id,
             request_id=received.request_id,
-            trace=received.trace,
+            received=received,
             ts=self._now_ms(),
             req_ts=received.ts,
             attempt=entry.attempt,

@@ -56,6 +56,7 @@ class Context:
         ray_id: Shared by everything one outside request caused.
         request_id: This request's own id.
         trace: The hops that led here, oldest first.
+        received: For a worker, the message being handled: the trace comes from it.
         ts: When this context started, in ms since the Unix epoch.
         req_ts: When the triggering request started (a message's publish time).
         attempt: For a worker, which attempt at the message this is (from 1).
@@ -69,6 +70,7 @@ class Context:
         "_log",
         "_own_entry",
         "_parent",
+        "_received",
         "_trace",
         "_trace_wire",
         "attempt",
@@ -89,6 +91,7 @@ class Context:
         ray_id: str,
         request_id: str,
         trace: tuple[TraceEntry, ...] | None = None,
+        received: Received[Any] | None = None,
         parent: Context | None = None,
         ts: int,
         req_ts: int | None = None,
@@ -98,10 +101,12 @@ class Context:
     ) -> None:
         self._client = client
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
-        # A child's trace is its parent's plus the parent's own entry, built only when
-        # something reads it: most operation calls never do.
+        # A child's trace is its parent's plus the parent's own entry, and a worker's
+        # is the received message's; both are built only when something reads them:
+        # most operation calls and many handlers never do.
         self._trace = trace if parent is None else None
         self._parent = parent
+        self._received = received
         self._own_entry: TraceEntry | None = None
         self._trace_wire: bytes | None = None
         self.name = name
@@ -117,10 +122,11 @@ class Context:
     def trace(self) -> tuple[TraceEntry, ...]:
         """The hops that led here, oldest first."""
         if self._trace is None:
-            parent = self._parent
-            self._trace = (
-                () if parent is None else (*parent.trace, parent.own_trace_entry())
-            )
+            parent, received = self._parent, self._received
+            if parent is not None:
+                self._trace = (*parent.trace, parent.own_trace_entry())
+            else:
+                self._trace = () if received is None else received.trace
         return self._trace
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, Self, TypeVar
 
@@ -38,31 +37,92 @@ class TraceEntry(NamedTuple):
     test: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class Received(Generic[M]):
-    """A message as a subscriber, a tail reader or a waiting publisher receives it.
+    """A message as a worker, a subscriber, a tail reader or a waiter receives it.
+
+    Read-only by convention. The trace and the parameters are built from the envelope
+    the first time they are read: a worker handler that reads neither never pays them.
 
     Attributes:
         body: The decoded body.
         name: The message name.
-        parameters: Its routing parameter values, in schema order.
         ray_id: The ray it belongs to.
         request_id: Its own request id.
         ts: When it was published, in ms since the Unix epoch.
-        trace: The hops that led to it, oldest first.
     """
 
-    body: M
-    name: str
-    parameters: tuple[str, ...]
-    ray_id: str
-    request_id: str
-    ts: int
-    trace: tuple[TraceEntry, ...]
+    __slots__ = (
+        "_envelope",
+        "_parameters",
+        "_trace",
+        "body",
+        "name",
+        "ray_id",
+        "request_id",
+        "ts",
+    )
+
+    def __init__(
+        self,
+        *,
+        body: M,
+        name: str,
+        parameters: tuple[str, ...] | None = None,
+        ray_id: str,
+        request_id: str,
+        ts: int,
+        trace: tuple[TraceEntry, ...] | None = None,
+        envelope: Envelope | None = None,
+    ) -> None:
+        self.body = body
+        self.name = name
+        self.ray_id = ray_id
+        self.request_id = request_id
+        self.ts = ts
+        self._parameters = parameters
+        self._trace = trace
+        # The source of whichever of trace and parameters was not given.
+        self._envelope = envelope
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Its routing parameter values, in schema order."""
+        if self._parameters is None:
+            source = self._envelope
+            self._parameters = () if source is None else tuple(source.parameters)
+        return self._parameters
+
+    @property
+    def trace(self) -> tuple[TraceEntry, ...]:
+        """The hops that led to it, oldest first."""
+        if self._trace is None:
+            source = self._envelope
+            self._trace = (
+                ()
+                if source is None
+                else tuple(
+                    TraceEntry(t.context_name, t.request_id, t.ts, t.test)
+                    for t in source.trace
+                )
+            )
+        return self._trace
 
     def passed_through(self, request_id: str) -> bool:
         """Tell whether the request `request_id` is a hop of this message's trace."""
         return any(entry.request_id == request_id for entry in self.trace)
+
+    def visited(self, context_name: str) -> bool:
+        """Tell whether a context named `context_name` is a hop of the trace."""
+        if self._trace is None and self._envelope is not None:
+            return any(t.context_name == context_name for t in self._envelope.trace)
+        return any(entry.context_name == context_name for entry in self.trace)
+
+    def __repr__(self) -> str:
+        return (
+            f"Received(name={self.name!r}, ray_id={self.ray_id!r}, "
+            f"request_id={self.request_id!r}, ts={self.ts}, "
+            f"parameters={self.parameters!r}, body={self.body!r})"
+        )
 
 
 def received_from(
@@ -73,29 +133,25 @@ def received_from(
     Raises:
         DecodeError: The envelope is of another message, or its body does not parse.
     """
-    if envelope.name != spec.name:
-        raise DecodeError(
-            f"{where}: expected a {spec.name!r} message, got {envelope.name!r}"
-        )
+    name = envelope.name
+    if name != spec.name:
+        raise DecodeError(f"{where}: expected a {spec.name!r} message, got {name!r}")
     body = spec.cls()
+    data = envelope.body
     try:
-        body.ParseFromString(envelope.body)
+        body.ParseFromString(data)
     except ProtobufDecodeError as error:
         raise DecodeError(
-            f"{where}: body of {spec.name!r} ({len(envelope.body)} bytes) does not "
+            f"{where}: body of {spec.name!r} ({len(data)} bytes) does not "
             f"parse as {spec.cls.DESCRIPTOR.full_name} ({error})"
         ) from error
     return Received(
         body=body,
-        name=envelope.name,
-        parameters=tuple(envelope.parameters),
+        name=name,
         ray_id=envelope.ray_id,
         request_id=envelope.request_id,
         ts=envelope.ts,
-        trace=tuple(
-            TraceEntry(t.context_name, t.request_id, t.ts, t.test)
-            for t in envelope.trace
-        ),
+        envelope=envelope,
     )
 
 
