@@ -381,14 +381,15 @@ class Consumer:
 
     async def _run(self, entry: Taken, received: Received[Any]) -> None:
         """Run a decoded message: refuse it, skip a duplicate, or call the handler."""
-        ctx = self._context(received, entry)
-        refusal = self._refusal(received)
+        now = self._clock()
+        ctx = self._context(received, entry, int(now * 1000))
+        refusal = self._refusal(received, now)
         if refusal is not None:
             await self._refuse(entry, ctx, received, *refusal)
             return
         if entry.idempotency_key and not await self._claim_key(entry, received):
             return
-        self._metrics.receive_lag.observe(max(0.0, self._clock() - received.ts / 1000))
+        self._metrics.receive_lag.observe(max(0.0, now - received.ts / 1000))
         if logger.isEnabledFor(logging.DEBUG):
             self._log_body(received)
         started = time.perf_counter()
@@ -408,11 +409,11 @@ class Consumer:
         else:
             self._ack(entry.entry_id)
 
-    def _refusal(self, received: Received[Any]) -> tuple[str, str] | None:
+    def _refusal(self, received: Received[Any], now: float) -> tuple[str, str] | None:
         """Return the code and reason to refuse a message with, or None to run it."""
         worker = self._worker
         if worker.max_age is not None:
-            age = self._clock() - received.ts / 1000
+            age = now - received.ts / 1000
             if age > worker.max_age:
                 return STALE, (
                     f"{received.name} {received.request_id} is {age:.1f}s old, past "
@@ -486,14 +487,14 @@ class Consumer:
         )
         return False
 
-    def _context(self, received: Received[Any], entry: Taken) -> Context:
+    def _context(self, received: Received[Any], entry: Taken, now_ms: int) -> Context:
         return Context(
             self._client,
             name=self._worker.name,
             ray_id=received.ray_id,
             request_id=received.request_id,
             received=received,
-            ts=self._now_ms(),
+            ts=now_ms,
             req_ts=received.ts,
             attempt=entry.attempt,
             redelivered=entry.redelivered,

@@ -6,8 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from google.protobuf.message import Message
 
@@ -17,6 +16,7 @@ from chirp._metrics import PUBLISH_SECONDS, LocalHistogram, histogram
 from chirp._publish import DurableWrite
 from chirp._schema import MessageSpec, message_spec
 from chirp._subscribe import Received, Subscription, TraceEntry, received_from
+from chirp._tracing import active as tracing_active
 from chirp._tracing import inject, publish_span, wait_span
 from chirp._wire import Names, decode_envelope
 from chirp.envelope_pb2 import Envelope
@@ -37,8 +37,7 @@ logger = logging.getLogger(__name__)
 _context_logger = logging.getLogger("chirp.context")
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(NamedTuple):
     """What a publish returns: the message's request id and its stream entry id."""
 
     request_id: str
@@ -212,30 +211,37 @@ class Context:
         request_id: str,
         idempotency_key: str | None = None,
     ) -> Published:
-        with publish_span(spec.name, self.ray_id):
-            return await self._write(body, spec, request_id, idempotency_key)
+        # Publishing is on every hot path: no span unless one is recorded, and the
+        # write is awaited as a bare future, not through another coroutine.
+        if tracing_active():
+            with publish_span(spec.name, self.ray_id):
+                write = self._durable_write(body, spec, request_id, idempotency_key)
+                entry_id = await self._client.writer.write(write)
+        else:
+            write = self._durable_write(body, spec, request_id, idempotency_key)
+            entry_id = await self._client.writer.write(write)
+        return Published(request_id, entry_id.decode())
 
-    async def _write(
+    def _durable_write(
         self,
         body: Message,
         spec: MessageSpec[Any],
         request_id: str,
         idempotency_key: str | None,
-    ) -> Published:
+    ) -> DurableWrite:
         parameters = spec.parameter_values(body)
         if idempotency_key is None:
             idempotency_key = spec.idempotency_key_of(body)
         data = self._envelope(spec.name, parameters, body, request_id, idempotency_key)
         names = self._client.names
         stream, latency = _per_message(names, spec.name)
-        write = DurableWrite(stream, data, names.subject(spec.name, parameters))
+        write = DurableWrite(
+            stream, data, names.subject(spec.name, parameters), latency=latency
+        )
         if spec.tail_ttl_ms:
             write.tail_key = names.tail_key(spec.name, parameters)
             write.tail_ttl_ms = spec.tail_ttl_ms
-        started = time.perf_counter()
-        entry_id = await self._client.writer.write(write)
-        latency.observe(time.perf_counter() - started)
-        return Published(request_id, entry_id.decode())
+        return write
 
     def _envelope(
         self,
@@ -254,7 +260,8 @@ class Context:
             body=body.SerializeToString(),
             idempotency_key=idempotency_key,
         )
-        inject(envelope.otel)
+        if tracing_active():
+            inject(envelope.otel)
         # Serialised Protobuf messages concatenate into their merge, so the trace,
         # the same for everything this context publishes, is serialised only once.
         return envelope.SerializeToString() + self._trace_bytes()

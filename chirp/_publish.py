@@ -1,15 +1,17 @@
 """Durable writes of messages, shared across concurrent publishers, then announced.
 
 A publish is durable once its ``XADD`` returned. Concurrent publishers share round
-trips: writes queue up while one pipeline is in flight and go out together in the next
-one, so a hundred concurrent publishers cost a handful of round trips, not a hundred,
-and each of them still returns only after its own entry was written.
+trips: writes queue up while one batch is in flight and go out together in the next
+one, appended by one script call. A hundred concurrent publishers so cost a handful
+of round trips, not a hundred, and each of them still returns only after its own
+entry was written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as redis_asyncio
@@ -20,29 +22,38 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chirp._errors import PublishError
+from chirp._metrics import LocalHistogram
+from chirp._scripts import APPEND
 from chirp._store import trim_script
 from chirp._wire import ENVELOPE_FIELD
 
 logger = logging.getLogger(__name__)
 
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-# Enough for a burst of publishers, small enough that one pipeline stays quick.
-_MAX_BATCH = 512
+# Enough for a burst of publishers, small enough that one batch, a script that holds
+# Redis while it runs, stays quick.
+_MAX_BATCH = 256
 
 
 @dataclass(slots=True)
 class DurableWrite:
-    """One envelope to append to a stream, announce on NATS, maybe keep as a tail."""
+    """One envelope to append to a stream, announce on NATS, maybe keep as a tail.
+
+    Attributes:
+        latency: Where to record the seconds from queueing to written, if anywhere.
+    """
 
     stream: str
     data: bytes
     subject: str
     tail_key: str | None = None
     tail_ttl_ms: int = 0
+    latency: LocalHistogram | None = None
+    queued: float = 0.0
 
 
 class StreamWriter:
-    """Append envelopes to Redis Streams, batching concurrent callers into pipelines.
+    """Append envelopes to Redis Streams, batching concurrent callers.
 
     Every `retention` writes to a stream, the writer trims it: to its newest
     `retention` entries, but never past an entry a consumer group still needs.
@@ -72,21 +83,25 @@ class StreamWriter:
         # costs about one entry read per publish.
         self._trim_every = max(retention, 100)
         self._trim = trim_script(redis)
+        self._append = redis.register_script(APPEND)
         self._written: dict[str, int] = {}
         self._queue: list[tuple[DurableWrite, asyncio.Future[bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def write(self, write: DurableWrite) -> bytes:
-        """Append one envelope and return its stream entry id once it is written.
+    def write(self, write: DurableWrite) -> asyncio.Future[bytes]:
+        """Queue one envelope; the future gets its stream entry id once it is written.
 
-        Raises:
-            PublishError: The write failed on every try, or Redis refused it.
+        A plain function returning the future, so a publisher awaits it directly.
+        The future fails with `PublishError` when the write failed on every try, or
+        Redis refused it.
         """
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        write.queued = time.perf_counter()
         self._queue.append((write, future))
         if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_all())
-        return await future
+            self._flusher = loop.create_task(self._flush_all())
+        return future
 
     async def close(self) -> None:
         """Wait until every queued write has been sent."""
@@ -113,6 +128,7 @@ class StreamWriter:
                     future.set_exception(error)
             return
         written = []
+        done = time.perf_counter()
         for (write, future), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 if not future.done():
@@ -123,6 +139,8 @@ class StreamWriter:
                     )
                 continue
             written.append(write)
+            if write.latency is not None:
+                write.latency.observe(done - write.queued)
             if not future.done():
                 future.set_result(result)
         # The publishers may go on: their messages are durable. The announces still
@@ -184,39 +202,28 @@ class StreamWriter:
 
     async def _send(self, writes: list[DurableWrite]) -> list[bytes | BaseException]:
         if len(writes) == 1 and writes[0].tail_key is None:
-            # A lone publisher: one command costs less than a pipeline of one.
+            # A lone publisher: a plain XADD costs the least.
             entry_id = await self._redis.xadd(
                 writes[0].stream, {ENVELOPE_FIELD: writes[0].data}
             )
-            return _entry_ids(writes, [entry_id])
-        pipe = self._redis.pipeline(transaction=False)
+            return [_entry_id(entry_id)]
+        # One script call appends the whole batch: redis-py's pipeline would pack,
+        # send and parse a command per write, and cost more than the write itself.
+        keys = [write.stream for write in writes]
+        keys += [write.tail_key for write in writes if write.tail_key is not None]
+        args: list[bytes | int] = [ENVELOPE_FIELD]
         for write in writes:
-            pipe.xadd(write.stream, {ENVELOPE_FIELD: write.data})
-            if write.tail_key is not None:
-                pipe.set(write.tail_key, write.data, px=write.tail_ttl_ms)
-        replies = await pipe.execute(raise_on_error=False)
-        return _entry_ids(writes, replies)
+            args += (write.data, write.tail_ttl_ms if write.tail_key else 0)
+        replies = await self._append(keys=keys, args=args)
+        if len(replies) != len(writes):
+            raise RedisError(
+                f"appending {len(writes)} messages returned {len(replies)} replies"
+            )
+        return [_entry_id(reply) for reply in replies]
 
 
-def _entry_ids(
-    writes: list[DurableWrite], replies: list[object]
-) -> list[bytes | BaseException]:
-    """Pick each write's XADD reply from the pipeline replies; a failed SET fails it."""
-    results: list[bytes | BaseException] = []
-    position = 0
-    for write in writes:
-        reply = replies[position]
-        position += 1
-        if write.tail_key is not None:
-            tail_reply = replies[position]
-            position += 1
-            if isinstance(tail_reply, BaseException) and not isinstance(
-                reply, BaseException
-            ):
-                reply = tail_reply
-        if isinstance(reply, BaseException):
-            results.append(reply)
-        else:
-            assert isinstance(reply, bytes), reply
-            results.append(reply)
-    return results
+def _entry_id(reply: object) -> bytes | BaseException:
+    """Return an append's entry id, or the error Redis refused it with."""
+    if isinstance(reply, BaseException | bytes):
+        return reply
+    return RedisError(f"unexpected reply to an append: {reply!r}")

@@ -65,7 +65,7 @@ class MessageSpec(Generic[M]):
 
     def parameter_values(self, body: M) -> tuple[str, ...]:
         """Return the routing parameter values of `body`, as strings."""
-        return tuple(parameter_text(getattr(body, p)) for p in self.parameters)
+        return tuple([parameter_text(getattr(body, p)) for p in self.parameters])
 
     def parameters_from(self, given: dict[str, object]) -> tuple[str | None, ...]:
         """Order named parameter values as the schema does; a missing one is None.

@@ -1,9 +1,34 @@
-"""Lua scripts that make a worker's multi-key steps atomic in Redis.
+"""Lua scripts: a worker's multi-key steps, atomic in Redis, and batched appends.
 
 Each script is registered once per client and called by its SHA (redis-py's `Script`).
 """
 
 from __future__ import annotations
+
+# Append a batch of envelopes, each to its stream, keeping a tail where asked: one
+# round trip and one command for a whole batch of concurrent publishes.
+# KEYS: the stream of each write, then the tail key of each write that keeps one
+# ARGV: the envelope field, then for each write: envelope, tail TTL in ms (0: none)
+# Returns: for each write, its entry id, or the error that refused it
+APPEND = """
+local n = (#ARGV - 1) / 2
+local out = {}
+local tail = n
+for i = 1, n do
+  local data = ARGV[2 * i]
+  local ttl = tonumber(ARGV[2 * i + 1])
+  local id = redis.pcall('XADD', KEYS[i], '*', ARGV[1], data)
+  if ttl > 0 then
+    tail = tail + 1
+    if type(id) == 'string' then
+      local kept = redis.pcall('SET', KEYS[tail], data, 'PX', ttl)
+      if kept.err then id = kept end
+    end
+  end
+  out[i] = id
+end
+return out
+"""
 
 # Take due retries: move their score to the end of a lease and record the owner, so
 # that exactly one consumer runs each, and a crashed owner's entry becomes due again.

@@ -113,9 +113,11 @@ class Received(Generic[M]):
 
     def visited(self, context_name: str) -> bool:
         """Tell whether a context named `context_name` is a hop of the trace."""
-        if self._trace is None and self._envelope is not None:
-            return any(t.context_name == context_name for t in self._envelope.trace)
-        return any(entry.context_name == context_name for entry in self.trace)
+        hops = self.trace if self._envelope is None else self._envelope.trace
+        for hop in hops:
+            if hop.context_name == context_name:
+                return True
+        return False
 
     def __repr__(self) -> str:
         return (

@@ -138,6 +138,31 @@ async def test_tail_keeps_the_latest_per_parameter_set(client: chirp.Client) -> 
     assert 0 < ttl <= 60_000
 
 
+async def test_a_batch_of_publishes_lands_or_fails_per_message(
+    client: chirp.Client,
+) -> None:
+    ctx = client.context()
+    # Status messages keep tails; Ping's stream is taken by a plain string, so
+    # Redis refuses every Ping while the Status messages of the same batch land.
+    await client.redis.set(client.names.stream_key("test-ping"), "not a stream")
+    statuses = [Status(region="eu", user_id=i, status=f"s{i}") for i in range(20)]
+
+    results = await asyncio.gather(
+        *(ctx.msg(status) for status in statuses),
+        ctx.msg(Ping(key="refused")),
+        return_exceptions=True,
+    )
+
+    *landed, refused = results
+    assert isinstance(refused, chirp.PublishError)
+    assert client.names.stream_key("test-ping") in str(refused)
+    assert all(isinstance(result, chirp.Published) for result in landed)
+    assert await client.redis.xlen(client.names.stream_key("test-status")) == 20
+    for i in (0, 19):
+        tail = await ctx.tail_read(Status, {"region": "eu", "user_id": i})
+        assert tail is not None and tail.body.status == f"s{i}"
+
+
 async def test_tail_anchor_waits_for_the_next_publish(
     client: chirp.Client, other: chirp.Client
 ) -> None:
