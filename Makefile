@@ -35,14 +35,16 @@ demo: venv
 
 # The peers (FastStream, Taskiq) and the plotting and profiling tools live in a venv of
 # their own (inside .venv, so tools that skip it skip this too), so nothing the benchmark
-# needs ever reaches the project's dependencies.
+# needs ever reaches the project's dependencies. The peers get hiredis, the Redis reply
+# parser Chirp depends on, so the comparison is of the frameworks, not of parsers.
 PEERS := $(VENV)/peers
 PEERS_STAMP := $(PEERS)/.installed
 
 $(PEERS_STAMP):
 	$(PY) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install --upgrade pip
-	$(PEERS)/bin/python -m pip install 'faststream[redis,nats]' taskiq taskiq-redis matplotlib py-spy
+	$(PEERS)/bin/python -m pip install 'faststream[redis,nats]' taskiq taskiq-redis hiredis \
+		matplotlib py-spy
 	touch $@
 
 # `make bench ARGS=--quick` for the short run, `ARGS='--only worker'` for one suite.

@@ -17,6 +17,7 @@ from chirp._config import Settings
 from chirp._context import Context
 from chirp._errors import TransportError, UsageError
 from chirp._ids import new_id
+from chirp._inbox import Inbox
 from chirp._publish import StreamWriter
 from chirp._wire import Names
 
@@ -71,6 +72,8 @@ class Client:
         self._redis: redis_asyncio.Redis | None = None
         self._writer: StreamWriter | None = None
         self._closing = False
+        self._inbox: Inbox | None = None
+        self._inbox_lock = asyncio.Lock()
         self._memory: MemoryTransport | None = None
 
     @classmethod
@@ -183,6 +186,9 @@ class Client:
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
+        if self._inbox is not None:
+            inbox, self._inbox = self._inbox, None
+            await inbox.close()
         self._closing = True
         if self._nats is not None:
             nc, self._nats = self._nats, None
@@ -229,6 +235,16 @@ class Client:
         if self._redis is None:
             raise UsageError(f"client {self.name!r} is not connected")
         return self._redis
+
+    async def inbox(self) -> Inbox:
+        """The reply inbox of publish-and-wait calls, subscribed at first use."""
+        if self._inbox is None:
+            async with self._inbox_lock:
+                if self._inbox is None:
+                    inbox = Inbox(self.nats, self.names)
+                    await inbox.start()
+                    self._inbox = inbox
+        return self._inbox
 
     @property
     def writer(self) -> StreamWriter:

@@ -242,6 +242,10 @@ class Consumer:
             taken = await self._store.read_new(self._consumer, count, READ_BLOCK_MS)
             self.last_progress = time.monotonic()
             self._take(taken)
+            if 0 < len(taken) < count:
+                # No backlog, so latency counts: let the runners start before the
+                # next read is sent. With a backlog, the read overlaps the handlers.
+                await asyncio.sleep(0)
 
     async def _schedule_loop(self) -> None:
         """Take due retries, and now and then entries idle past their lease.

@@ -19,7 +19,7 @@ from chirp._subscribe import Received, Subscription, TraceEntry, received_from
 from chirp._tracing import active as tracing_active
 from chirp._tracing import inject, publish_span, wait_span
 from chirp._wire import Names, decode_envelope
-from chirp.envelope_pb2 import Envelope
+from chirp.envelope_pb2 import Envelope, ReplyTo
 from chirp.envelope_pb2 import TraceEntry as TraceEntryProto
 
 if TYPE_CHECKING:
@@ -70,6 +70,8 @@ class Context:
         "_own_entry",
         "_parent",
         "_received",
+        "_reply",
+        "_reply_wire",
         "_trace",
         "_trace_wire",
         "attempt",
@@ -106,6 +108,8 @@ class Context:
         self._trace = trace if parent is None else None
         self._parent = parent
         self._received = received
+        self._reply: ReplyTo | object | None = _UNKNOWN
+        self._reply_wire = b""
         self._own_entry: TraceEntry | None = None
         self._trace_wire: bytes | None = None
         self.name = name
@@ -127,6 +131,19 @@ class Context:
             else:
                 self._trace = () if received is None else received.trace
         return self._trace
+
+    def _reply_address(self) -> ReplyTo | None:
+        """Return the reply address this context passes on (its message's, caller's)."""
+        if self._reply is _UNKNOWN:
+            parent, received = self._parent, self._received
+            if parent is not None:
+                reply = parent._reply_address()
+            else:
+                reply = None if received is None else received.reply_address()
+            self._reply = reply
+            if reply is not None:
+                self._reply_wire = Envelope(reply_to=reply).SerializeToString()
+        return cast(ReplyTo | None, self._reply)
 
     @property
     def client(self) -> Client:
@@ -210,15 +227,20 @@ class Context:
         spec: MessageSpec[Any],
         request_id: str,
         idempotency_key: str | None = None,
+        reply_to: ReplyTo | None = None,
     ) -> Published:
         # Publishing is on every hot path: no span unless one is recorded, and the
         # write is awaited as a bare future, not through another coroutine.
         if tracing_active():
             with publish_span(spec.name, self.ray_id):
-                write = self._durable_write(body, spec, request_id, idempotency_key)
+                write = self._durable_write(
+                    body, spec, request_id, idempotency_key, reply_to
+                )
                 entry_id = await self._client.writer.write(write)
         else:
-            write = self._durable_write(body, spec, request_id, idempotency_key)
+            write = self._durable_write(
+                body, spec, request_id, idempotency_key, reply_to
+            )
             entry_id = await self._client.writer.write(write)
         return Published(request_id, entry_id.decode())
 
@@ -228,11 +250,18 @@ class Context:
         spec: MessageSpec[Any],
         request_id: str,
         idempotency_key: str | None,
+        reply_to: ReplyTo | None,
     ) -> DurableWrite:
         parameters = spec.parameter_values(body)
         if idempotency_key is None:
             idempotency_key = spec.idempotency_key_of(body)
         data = self._envelope(spec.name, parameters, body, request_id, idempotency_key)
+        # A reply address set for this publish replaces the one passed on to it.
+        if reply_to is None:
+            reply_to = self._reply_address()
+            data += self._reply_wire
+        else:
+            data += Envelope(reply_to=reply_to).SerializeToString()
         names = self._client.names
         stream, latency = _per_message(names, spec.name)
         write = DurableWrite(
@@ -241,6 +270,8 @@ class Context:
         if spec.tail_ttl_ms:
             write.tail_key = names.tail_key(spec.name, parameters)
             write.tail_ttl_ms = spec.tail_ttl_ms
+        if reply_to is not None and spec.name in reply_to.names:
+            write.copy_to = reply_to.subject
         return write
 
     def _envelope(
@@ -354,8 +385,10 @@ class Context:
     ) -> Received[C]:
         """Publish a message and wait for its completion message.
 
-        Subscribes to `complete` (and `fail`) before publishing, with the parameters the
-        two messages share, and takes the first reply whose trace contains this publish.
+        The message carries a reply address, kept by everything it causes: the first
+        `complete` (or `fail`) message published on its behalf, by the worker that
+        handles it or further down the ray, comes back to this call through the
+        client's reply inbox, after its own durable write.
 
         Raises:
             MessageFailed: The failure message came first; it is on `.received`.
@@ -367,28 +400,28 @@ class Context:
         replies: list[MessageSpec[Any]] = [message_spec(complete)]
         if fail is not None:
             replies.append(message_spec(fail))
-        known = dict(zip(spec.parameters, spec.parameter_values(body), strict=True))
-        subscription: Subscription[Any] = Subscription(self._client.nats, replies)
-        names = self._client.names
-        await subscription.start([_reply_subject(names, r, known) for r in replies])
+        inbox = await self._client.inbox()
         request_id = new_id()
+        reply, address = inbox.expect(request_id, replies)
         try:
             async with asyncio.timeout(timeout):
                 with wait_span(spec.name, self.ray_id):
-                    await self._publish(body, spec, request_id)
-                    received = await _reply_to(subscription, request_id)
+                    await self._publish(body, spec, request_id, reply_to=address)
+                    received = await reply
         except TimeoutError:
             raise ChirpTimeoutError(
                 f"no {replies[0].name!r} reply to {spec.name!r} request {request_id} "
                 f"within {timeout}s"
             ) from None
         finally:
-            await subscription.close()
+            inbox.forget(request_id)
         if received.name != replies[0].name:
             raise _failure(received, spec.name)
         return received
 
 
+# Not yet looked up: a context's reply address is found at its first publish.
+_UNKNOWN = object()
 _per_message_cache: dict[tuple[str, str], tuple[str, LocalHistogram]] = {}
 
 
@@ -427,17 +460,6 @@ def _tail_key_of(names: Names, spec: MessageSpec[Any], params: Params | None) ->
     if missing:
         raise UsageError(f"the tail of {spec.name!r} needs parameter(s) {missing}")
     return names.tail_key(spec.name, [v for v in values if v is not None])
-
-
-def _reply_subject(names: Names, reply: MessageSpec[Any], known: dict[str, str]) -> str:
-    return names.subject(reply.name, [known.get(p) for p in reply.parameters])
-
-
-async def _reply_to(subscription: Subscription[Any], request_id: str) -> Received[Any]:
-    while True:
-        received = await subscription.next()
-        if received.passed_through(request_id):
-            return received
 
 
 def _failure(received: Received[Any], request_name: str) -> MessageFailed:

@@ -40,6 +40,7 @@ class DurableWrite:
     """One envelope to append to a stream, announce on NATS, maybe keep as a tail.
 
     Attributes:
+        copy_to: A reply inbox to send a copy to on NATS, as it is announced.
         latency: Where to record the seconds from queueing to written, if anywhere.
     """
 
@@ -48,6 +49,7 @@ class DurableWrite:
     subject: str
     tail_key: str | None = None
     tail_ttl_ms: int = 0
+    copy_to: str | None = None
     latency: LocalHistogram | None = None
     queued: float = 0.0
 
@@ -154,6 +156,8 @@ class StreamWriter:
         # subscribers this one message, and raising would invite a duplicate publish.
         try:
             await self._nats.publish(write.subject, write.data)
+            if write.copy_to is not None:
+                await self._nats.publish(write.copy_to, write.data)
         except NatsError as error:
             logger.warning(
                 "message written durably but not announced on %s: %s",

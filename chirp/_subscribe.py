@@ -21,7 +21,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from chirp._errors import ChirpTimeoutError, DecodeError, TransportError
 from chirp._schema import MessageSpec
 from chirp._wire import decode_envelope
-from chirp.envelope_pb2 import Envelope
+from chirp.envelope_pb2 import Envelope, ReplyTo
 
 M = TypeVar("M", bound=Message)
 
@@ -106,6 +106,13 @@ class Received(Generic[M]):
                 )
             )
         return self._trace
+
+    def reply_address(self) -> ReplyTo | None:
+        """Return where a publish-and-wait call waits for what this message causes."""
+        source = self._envelope
+        if source is None or not source.HasField("reply_to"):
+            return None
+        return source.reply_to
 
     def passed_through(self, request_id: str) -> bool:
         """Tell whether the request `request_id` is a hop of this message's trace."""

@@ -82,7 +82,7 @@ class Names:
         UsageError: The namespace is not kebab-case.
     """
 
-    __slots__ = ("_keys", "_subjects", "namespace")
+    __slots__ = ("_inboxes", "_keys", "_subjects", "namespace")
 
     def __init__(self, namespace: str = "") -> None:
         if namespace and not _NAMESPACE.fullmatch(namespace):
@@ -90,11 +90,16 @@ class Names:
         self.namespace = namespace
         self._subjects = f"chirp.{namespace}.msg" if namespace else "chirp.msg"
         self._keys = f"chirp:{namespace}" if namespace else "chirp"
+        self._inboxes = f"chirp.{namespace}.inbox" if namespace else "chirp.inbox"
 
     def subject(self, name: str, parameters: Iterable[str | None]) -> str:
         """Return the NATS subject of a message; a None parameter is a wildcard."""
         tokens = [WILDCARD if p is None else escape(p) for p in parameters]
         return ".".join([self._subjects, name, *tokens])
+
+    def inbox(self, token: str) -> str:
+        """Return the subject prefix of one client's reply inbox."""
+        return f"{self._inboxes}.{token}"
 
     def stream_key(self, name: str) -> str:
         """Return the Redis Stream that holds every message of one name."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63hirp/envelope.proto\x12\x05\x63hirp\"P\n\nTraceEntry\x12\x14\n\x0c\x63ontext_name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x03\x12\x0c\n\x04test\x18\x04 \x01(\x08\"\xfb\x01\n\x08\x45nvelope\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x03(\t\x12\x0e\n\x06ray_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x03\x12 \n\x05trace\x18\x06 \x03(\x0b\x32\x11.chirp.TraceEntry\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\'\n\x04otel\x18\t \x03(\x0b\x32\x19.chirp.Envelope.OtelEntry\x1a+\n\tOtelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63hirp/envelope.proto\x12\x05\x63hirp\"P\n\nTraceEntry\x12\x14\n\x0c\x63ontext_name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x03\x12\x0c\n\x04test\x18\x04 \x01(\x08\")\n\x07ReplyTo\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\"\x9d\x02\n\x08\x45nvelope\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nparameters\x18\x02 \x03(\t\x12\x0e\n\x06ray_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x03\x12 \n\x05trace\x18\x06 \x03(\x0b\x32\x11.chirp.TraceEntry\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\'\n\x04otel\x18\t \x03(\x0b\x32\x19.chirp.Envelope.OtelEntry\x12 \n\x08reply_to\x18\n \x01(\x0b\x32\x0e.chirp.ReplyTo\x1a+\n\tOtelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVELOPE_OTELENTRY']._serialized_options = b'8\001'
   _globals['_TRACEENTRY']._serialized_start=31
   _globals['_TRACEENTRY']._serialized_end=111
-  _globals['_ENVELOPE']._serialized_start=114
-  _globals['_ENVELOPE']._serialized_end=365
-  _globals['_ENVELOPE_OTELENTRY']._serialized_start=322
-  _globals['_ENVELOPE_OTELENTRY']._serialized_end=365
+  _globals['_REPLYTO']._serialized_start=113
+  _globals['_REPLYTO']._serialized_end=154
+  _globals['_ENVELOPE']._serialized_start=157
+  _globals['_ENVELOPE']._serialized_end=442
+  _globals['_ENVELOPE_OTELENTRY']._serialized_start=399
+  _globals['_ENVELOPE_OTELENTRY']._serialized_end=442
 # @@protoc_insertion_point(module_scope)

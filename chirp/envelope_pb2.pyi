@@ -51,6 +51,34 @@ class TraceEntry(_message.Message):
 Global___TraceEntry: _TypeAlias = TraceEntry  # noqa: Y015
 
 @_typing.final
+class ReplyTo(_message.Message):
+    """Where a publish-and-wait call waits: set on the message it publishes, and kept by
+    everything that message causes. A context that publishes a message named in `names`
+    also sends it to `subject`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyTo: _TypeAlias = ReplyTo  # noqa: Y015
+
+@_typing.final
 class Envelope(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -83,6 +111,7 @@ class Envelope(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     OTEL_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     ray_id: _builtins.str
     request_id: _builtins.str
@@ -101,6 +130,10 @@ class Envelope(_message.Message):
     def otel(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """OpenTelemetry trace context of the publish (W3C traceparent and tracestate)."""
 
+    @_builtins.property
+    def reply_to(self) -> Global___ReplyTo:
+        """Set when a publish-and-wait call waits for what this message causes."""
+
     def __init__(
         self,
         *,
@@ -113,10 +146,11 @@ class Envelope(_message.Message):
         body: _builtins.bytes = ...,
         idempotency_key: _builtins.str = ...,
         otel: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reply_to: Global___ReplyTo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply_to", b"reply_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "idempotency_key", b"idempotency_key", "name", b"name", "otel", b"otel", "parameters", b"parameters", "ray_id", b"ray_id", "request_id", b"request_id", "trace", b"trace", "ts", b"ts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "idempotency_key", b"idempotency_key", "name", b"name", "otel", b"otel", "parameters", b"parameters", "ray_id", b"ray_id", "reply_to", b"reply_to", "request_id", b"request_id", "trace", b"trace", "ts", b"ts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -198,6 +198,42 @@ async def test_publish_wait_returns_the_completion(
     assert [t.context_name for t in done.trace] == ["waiter", unique_name]
 
 
+async def test_publish_wait_gets_a_completion_from_further_down_the_ray(
+    client: chirp.Client, other: chirp.Client, unique_name: str
+) -> None:
+    @chirp.worker(name=f"{unique_name}-relay")
+    async def relay(ctx: chirp.Context, msg: Ping) -> None:
+        await ctx.msg(Status(region="relay", user_id=1, status=msg.key))
+
+    @chirp.worker(name=f"{unique_name}-finish")
+    async def finish(ctx: chirp.Context, msg: Status) -> None:
+        await ctx.msg(PingDone(key=msg.status, text="finished"))
+
+    ctx = client.context("waiter")
+    async with running_workers(other, relay, finish):
+        done = await ctx.publish_wait(Ping(key="far"), PingDone, timeout=5)
+
+    assert done.body == PingDone(key="far", text="finished")
+    hops = [t.context_name for t in done.trace]
+    assert hops == ["waiter", f"{unique_name}-relay", f"{unique_name}-finish"]
+
+
+async def test_concurrent_waits_each_get_their_own_reply(
+    client: chirp.Client, other: chirp.Client, unique_name: str
+) -> None:
+    ctx = client.context("waiter")
+    async with running_workers(other, ping_worker(unique_name)):
+        # One key for all: only the request id tells the replies apart.
+        done = await asyncio.gather(
+            *(
+                ctx.publish_wait(Ping(key="same", text=f"t{i}"), PingDone, timeout=5)
+                for i in range(20)
+            )
+        )
+
+    assert [d.body.text for d in done] == [f"t{i}" for i in range(20)]
+
+
 async def test_publish_wait_raises_the_failure(
     client: chirp.Client, other: chirp.Client, unique_name: str
 ) -> None:
