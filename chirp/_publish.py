@@ -214,10 +214,12 @@ class StreamWriter:
         # One script call appends the whole batch: redis-py's pipeline would pack,
         # send and parse a command per write, and cost more than the write itself.
         keys = [write.stream for write in writes]
-        keys += [write.tail_key for write in writes if write.tail_key is not None]
-        args: list[bytes | int] = [ENVELOPE_FIELD]
-        for write in writes:
-            args += (write.data, write.tail_ttl_ms if write.tail_key else 0)
+        args: list[bytes | int] = [ENVELOPE_FIELD, len(writes)]
+        args += [write.data for write in writes]
+        for position, write in enumerate(writes, start=1):
+            if write.tail_key is not None:
+                keys.append(write.tail_key)
+                args += (position, write.tail_ttl_ms)
         replies = await self._append(keys=keys, args=args)
         if len(replies) != len(writes):
             raise RedisError(

@@ -8,24 +8,23 @@ from __future__ import annotations
 # Append a batch of envelopes, each to its stream, keeping a tail where asked: one
 # round trip and one command for a whole batch of concurrent publishes.
 # KEYS: the stream of each write, then the tail key of each write that keeps one
-# ARGV: the envelope field, then for each write: envelope, tail TTL in ms (0: none)
+# ARGV: the envelope field, the number of writes n, the n envelopes, then for each
+# write that keeps a tail: its position (1-based) and the tail TTL in ms
 # Returns: for each write, its entry id, or the error that refused it
 APPEND = """
-local n = (#ARGV - 1) / 2
+local n = tonumber(ARGV[2])
 local out = {}
-local tail = n
 for i = 1, n do
-  local data = ARGV[2 * i]
-  local ttl = tonumber(ARGV[2 * i + 1])
-  local id = redis.pcall('XADD', KEYS[i], '*', ARGV[1], data)
-  if ttl > 0 then
-    tail = tail + 1
-    if type(id) == 'string' then
-      local kept = redis.pcall('SET', KEYS[tail], data, 'PX', ttl)
-      if kept.err then id = kept end
-    end
+  out[i] = redis.pcall('XADD', KEYS[i], '*', ARGV[1], ARGV[2 + i])
+end
+local tail = n
+for t = 3 + n, #ARGV, 2 do
+  local i = tonumber(ARGV[t])
+  tail = tail + 1
+  if type(out[i]) == 'string' then
+    local kept = redis.pcall('SET', KEYS[tail], ARGV[2 + i], 'PX', ARGV[t + 1])
+    if kept.err then out[i] = kept end
   end
-  out[i] = id
 end
 return out
 """

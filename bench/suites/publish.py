@@ -11,6 +11,7 @@ import redis.asyncio as redis_asyncio
 
 import chirp
 from bench.core import Lab, Row, envelope, job, stream_key
+from chirp._scripts import APPEND
 from chirp._wire import ENVELOPE_FIELD
 
 CONCURRENT = 100
@@ -47,8 +48,9 @@ async def _chirp_rates(lab: Lab, count: int) -> tuple[float, float]:
         return await _rate(count, sequential), await _rate(count, concurrent)
 
 
-async def _raw_rates(lab: Lab, count: int) -> tuple[float, float, float]:
-    """Return raw XADD sequential, XADD pipelined by 100 and NATS publish rates."""
+async def _raw_rates(lab: Lab, count: int) -> tuple[float, float, float, float]:
+    """Return raw XADD sequential, pipelined by 100, batched by 100 in Chirp's
+    append script, and NATS publish rates."""
     redis = redis_asyncio.Redis.from_url(lab.redis_url)
     stream = stream_key("bench-raw")
     fields = {ENVELOPE_FIELD: envelope()}
@@ -64,6 +66,15 @@ async def _raw_rates(lab: Lab, count: int) -> tuple[float, float, float]:
                 pipe.xadd(stream, fields)  # type: ignore[arg-type]
             await pipe.execute()
 
+    append = redis.register_script(APPEND)
+    keys = [stream] * CONCURRENT
+    args: list[bytes | int] = [ENVELOPE_FIELD, CONCURRENT]
+    args += [fields[ENVELOPE_FIELD]] * CONCURRENT
+
+    async def scripted() -> None:
+        for _ in range(count // CONCURRENT):
+            await append(keys=keys, args=args)
+
     nc = await nats.connect(lab.nats_url)
     data = fields[ENVELOPE_FIELD]
 
@@ -76,6 +87,7 @@ async def _raw_rates(lab: Lab, count: int) -> tuple[float, float, float]:
         return (
             await _rate(count, sequential),
             await _rate(count, pipelined),
+            await _rate(count, scripted),
             await _rate(count, announce),
         )
     finally:
@@ -86,15 +98,17 @@ async def _raw_rates(lab: Lab, count: int) -> tuple[float, float, float]:
 async def run(lab: Lab) -> None:
     """Publish 256-byte jobs sequentially and from 100 tasks, beside raw clients.
 
-    Each figure is the median of several rounds; a round measures all five, so
-    baselines and Chirp see the same conditions.
+    Each figure is the median of several rounds; a round measures all six, so
+    baselines and Chirp see the same conditions. Chirp appends a batch of concurrent
+    publishes with one script call; the raw run of that script shows what the batching
+    itself costs, beside the pipeline the targets compare with.
     """
     count = lab.sizes.publishes
     rounds = []
     for _ in range(lab.sizes.repeats):
         rounds.append((*await _raw_rates(lab, count), *await _chirp_rates(lab, count)))
         await lab.redis.flushdb()
-    raw_seq, raw_pipe, raw_nats, seq, concurrent = (
+    raw_seq, raw_pipe, raw_script, raw_nats, seq, concurrent = (
         sorted(figures)[len(figures) // 2] for figures in zip(*rounds, strict=True)
     )
     rows = [
@@ -105,6 +119,13 @@ async def run(lab: Lab) -> None:
             concurrent,
             "raw XADD pipelined x100",
             raw_pipe,
+        ),
+        (
+            "pub.c100.script",
+            "publish, 100 concurrent",
+            concurrent,
+            "raw XADD x100 in Chirp's append script",
+            raw_script,
         ),
         (
             "pub.c100.nats",
