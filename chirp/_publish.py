@@ -1,10 +1,10 @@
 """Durable writes of messages, shared across concurrent publishers, then announced.
 
-A publish is durable once its ``XADD`` returned. Concurrent publishers share round
-trips: writes queue up while one batch is in flight and go out together in the next
-one, appended by one script call. A hundred concurrent publishers so cost a handful
-of round trips, not a hundred, and each of them still returns only after its own
-entry was written.
+A publish is durable once its ``XADD`` returned. A publisher that finds the writer
+idle writes at once, from its own task. Concurrent publishers share round trips:
+writes queue up while one is in flight and go out together in the next batch, appended
+by one script call. A hundred concurrent publishers so cost a handful of round trips,
+not a hundred, and each of them still returns only after its own entry was written.
 """
 
 from __future__ import annotations
@@ -89,26 +89,57 @@ class StreamWriter:
         self._written: dict[str, int] = {}
         self._queue: list[tuple[DurableWrite, asyncio.Future[bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._leading = False
+        self._trimming: asyncio.Task[None] | None = None
 
-    def write(self, write: DurableWrite) -> asyncio.Future[bytes]:
-        """Queue one envelope; the future gets its stream entry id once it is written.
+    async def write(self, write: DurableWrite) -> bytes:
+        """Append one envelope and return its stream entry id once it is written.
 
-        A plain function returning the future, so a publisher awaits it directly.
-        The future fails with `PublishError` when the write failed on every try, or
-        Redis refused it.
+        A publisher that finds the writer idle writes its envelope itself, without
+        waiting for another task to run. Publishers that come while a write is in
+        flight queue up, and one task sends all of them together next.
+
+        Raises:
+            PublishError: The write failed on every try, or Redis refused it.
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
         write.queued = time.perf_counter()
+        if self._flusher is None and not self._leading:
+            return await self._lead(write)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append((write, future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush_all())
-        return future
+        if self._flusher is None and not self._leading:
+            self._start_flusher()
+        return await future
 
     async def close(self) -> None:
-        """Wait until every queued write has been sent."""
+        """Wait until every queued write has been sent, and a trim under way."""
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self._trimming is not None:
+            await asyncio.shield(self._trimming)
+
+    async def _lead(self, write: DurableWrite) -> bytes:
+        """Write one envelope from the publisher's own task, then announce it."""
+        self._leading = True
+        try:
+            [result] = await self._send_with_retries([write])
+            if isinstance(result, BaseException):
+                raise PublishError(
+                    f"Redis refused the write to {write.stream}: {result}"
+                ) from result
+            if write.latency is not None:
+                write.latency.observe(time.perf_counter() - write.queued)
+            await self._announce(write)
+            self._count_written([write.stream])
+            return result
+        finally:
+            # Whatever happened to this write, those who queued behind it go next.
+            self._leading = False
+            if self._queue and self._flusher is None:
+                self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
 
     async def _flush_all(self) -> None:
         try:
@@ -116,6 +147,10 @@ class StreamWriter:
                 batch = self._queue[:_MAX_BATCH]
                 del self._queue[:_MAX_BATCH]
                 await self._flush(batch)
+                if not self._queue:
+                    # The publishers just released may publish again at once: one
+                    # turn of the loop lets them queue for the next batch.
+                    await asyncio.sleep(0)
         finally:
             self._flusher = None
 
@@ -149,7 +184,7 @@ class StreamWriter:
         # leave in write order, before the next batch is written.
         for write in written:
             await self._announce(write)
-        await self._trim_streams([write.stream for write, _ in batch])
+        self._count_written([write.stream for write, _ in batch])
 
     async def _announce(self, write: DurableWrite) -> None:
         # The message is durable already: a NATS failure only costs realtime
@@ -165,17 +200,27 @@ class StreamWriter:
                 error,
             )
 
-    async def _trim_streams(self, streams: list[str]) -> None:
-        """Trim the streams of a batch that are due; the publishers have returned."""
+    def _count_written(self, streams: list[str]) -> None:
+        """Count writes per stream; trim those due, in a task of its own."""
         for stream in streams:
             self._written[stream] = self._written.get(stream, 0) + 1
-        due = [s for s, n in self._written.items() if n >= self._trim_every]
-        for stream in due:
-            self._written[stream] = 0
-            try:
-                await self._trim(keys=[stream], args=[self._retention])
-            except (RedisError, OSError) as error:
-                logger.warning("trimming %s failed; next time: %s", stream, error)
+        if self._trimming is None and any(
+            n >= self._trim_every for n in self._written.values()
+        ):
+            task = asyncio.get_running_loop().create_task(self._trim_due())
+            self._trimming = task
+
+    async def _trim_due(self) -> None:
+        try:
+            due = [s for s, n in self._written.items() if n >= self._trim_every]
+            for stream in due:
+                self._written[stream] = 0
+                try:
+                    await self._trim(keys=[stream], args=[self._retention])
+                except (RedisError, OSError) as error:
+                    logger.warning("trimming %s failed; next time: %s", stream, error)
+        finally:
+            self._trimming = None
 
     async def _send_with_retries(
         self, writes: list[DurableWrite]

@@ -46,11 +46,13 @@ async def test_trimming_keeps_what_a_group_has_not_acknowledged(
     await redis.xreadgroup("slow-reader", "c", {stream: ">"}, count=10)
     for index in range(50, 600):
         await ctx.msg(Ping(key=str(index)))
+    await small.writer.close()  # trims run beside the publishes: let them end
 
     assert await redis.xlen(stream) == 600
     await redis.xack(stream, "slow-reader", *[e for e, _ in await _pending(small)])
     for index in range(600, 700):
         await ctx.msg(Ping(key=str(index)))
+    await small.writer.close()
 
     # Acked: the first 10; never delivered: 10..699. Only the 10 acked may go.
     entries = await redis.xrange(stream, count=1)
@@ -88,6 +90,7 @@ async def test_trimming_keeps_the_retention_once_everything_is_acked(
         for index in range(500, 600):
             await ctx.msg(Ping(key=str(index)))
         await _wait_for(lambda: len(handled) == 600)
+    await small.writer.close()
 
     length = await small.redis.xlen(small.names.stream_key("test-ping"))
     assert 100 <= length < 250
