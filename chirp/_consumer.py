@@ -492,16 +492,8 @@ class Consumer:
         return False
 
     def _context(self, received: Received[Any], entry: Taken, now_ms: int) -> Context:
-        return Context(
-            self._client,
-            name=self._worker.name,
-            ray_id=received.ray_id,
-            request_id=received.request_id,
-            received=received,
-            ts=now_ms,
-            req_ts=received.ts,
-            attempt=entry.attempt,
-            redelivered=entry.redelivered,
+        return Context.for_message(
+            self._client, self._worker.name, received, entry, now_ms
         )
 
     def _log_body(self, received: Received[Any]) -> None:

@@ -25,6 +25,7 @@ from chirp.envelope_pb2 import TraceEntry as TraceEntryProto
 if TYPE_CHECKING:
     from chirp._client import Client
     from chirp._operation import Operation
+    from chirp._store import Taken
 
 M = TypeVar("M", bound=Message)
 C = TypeVar("C", bound=Message)
@@ -131,6 +132,32 @@ class Context:
             else:
                 self._trace = () if received is None else received.trace
         return self._trace
+
+    @classmethod
+    def for_message(
+        cls, client: Client, name: str, received: Received[Any], entry: Taken, ts: int
+    ) -> Context:
+        """Return the context of a worker handling `received` (one per message)."""
+        # The same as the constructor, minus the cost of binding keyword arguments.
+        ctx = object.__new__(cls)
+        ctx._client = client
+        ctx._log = None
+        ctx._trace = None
+        ctx._parent = None
+        ctx._received = received
+        ctx._reply = _UNKNOWN
+        ctx._reply_wire = b""
+        ctx._own_entry = None
+        ctx._trace_wire = None
+        ctx.name = name
+        ctx.ray_id = received.ray_id
+        ctx.request_id = received.request_id
+        ctx.ts = ts
+        ctx.req_ts = received.ts
+        ctx.attempt = entry.attempt
+        ctx.redelivered = entry.redelivered
+        ctx.deadline = None
+        return ctx
 
     def _reply_address(self) -> ReplyTo | None:
         """Return the reply address this context passes on (its message's, caller's)."""

@@ -154,14 +154,18 @@ def received_from(
             f"{where}: body of {spec.name!r} ({len(data)} bytes) does not "
             f"parse as {spec.cls.DESCRIPTOR.full_name} ({error})"
         ) from error
-    return Received(
-        body=body,
-        name=name,
-        ray_id=envelope.ray_id,
-        request_id=envelope.request_id,
-        ts=envelope.ts,
-        envelope=envelope,
-    )
+    # Every handled message comes through here: fill the slots directly, without
+    # binding keyword arguments.
+    received: Received[M] = object.__new__(Received)
+    received.body = body
+    received.name = name
+    received.ray_id = envelope.ray_id
+    received.request_id = envelope.request_id
+    received.ts = envelope.ts
+    received._parameters = None
+    received._trace = None
+    received._envelope = envelope
+    return received
 
 
 class Subscription(Generic[M]):
