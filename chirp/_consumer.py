@@ -357,18 +357,26 @@ class Consumer:
             self._running[task] = entry
             try:
                 await self._handle(entry)
+            except asyncio.CancelledError:
+                if task.cancelling():
+                    raise  # the host stops: `stop` hands the entry back
+                self._outcome_lost(entry, "a cancellation that escaped the handler")
             except Exception as error:
-                # The entry stays leased to nobody: it returns after the lease.
-                logger.error(
-                    "worker %s: recording the outcome of a message failed: %s",
-                    self.name,
-                    error,
-                    extra={"worker": self.name},
-                )
+                self._outcome_lost(entry, _describe(error))
             finally:
                 del self._running[task]
-            self.last_progress = time.monotonic()
-            self._slot_freed.set()
+                self.last_progress = time.monotonic()
+                self._slot_freed.set()
+
+    def _outcome_lost(self, entry: Taken, why: str) -> None:
+        # The entry stays leased to nobody: it returns after the lease.
+        logger.error(
+            "worker %s: recording the outcome of %s failed: %s",
+            self.name,
+            entry.entry_id,
+            why,
+            extra={"worker": self.name},
+        )
 
     async def _handle(self, entry: Taken) -> None:
         try:
@@ -399,7 +407,13 @@ class Consumer:
         started = time.perf_counter()
         try:
             await self._worker.fn(ctx, received.body)
-        except Exception as error:
+        except (Exception, asyncio.CancelledError) as error:
+            task = asyncio.current_task()
+            if isinstance(error, asyncio.CancelledError) and (
+                task is None or task.cancelling()
+            ):
+                raise  # the host stops, not the handler
+            # A handler that let a cancellation of its own escape failed like any.
             self._metrics.handler_seconds.observe(time.perf_counter() - started)
             await self._failed(entry, received, error)
             return
@@ -536,7 +550,7 @@ class Consumer:
             self._ack(entry.entry_id)
 
     async def _failed(
-        self, entry: Taken, received: Received[Any], error: Exception
+        self, entry: Taken, received: Received[Any], error: BaseException
     ) -> None:
         if entry.idempotency_key:
             await self._store.release_key(entry, self._consumer)

@@ -415,21 +415,24 @@ class Context:
         The message carries a reply address, kept by everything it causes: the first
         `complete` (or `fail`) message published on its behalf, by the worker that
         handles it or further down the ray, comes back to this call through the
-        client's reply inbox, after its own durable write.
+        client's reply inbox, after its own durable write. A reply that shares a
+        parameter with the message must have the same value for it.
 
         Raises:
             MessageFailed: The failure message came first; it is on `.received`.
             ChirpTimeoutError: Neither came within `timeout` seconds.
             PublishError: The durable write failed.
+            TransportError: The client was closed while the call waited.
         """
         _check_timeout(timeout)
         spec = message_spec(type(body))
         replies: list[MessageSpec[Any]] = [message_spec(complete)]
         if fail is not None:
             replies.append(message_spec(fail))
+        known = dict(zip(spec.parameters, spec.parameter_values(body), strict=True))
         inbox = await self._client.inbox()
         request_id = new_id()
-        reply, address = inbox.expect(request_id, replies)
+        reply, address = inbox.expect(request_id, replies, known)
         try:
             async with asyncio.timeout(timeout):
                 with wait_span(spec.name, self.ray_id):

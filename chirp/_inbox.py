@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -35,11 +35,20 @@ logger = logging.getLogger(__name__)
 
 
 class _Call:
-    """One call waiting in the inbox: the replies it takes and where its answer goes."""
+    """One call waiting in the inbox: the replies it takes and where its answer goes.
+
+    Attributes:
+        specs: The awaited messages by name, each with the parameter values it must
+            have: (position, value) for every parameter it shares with the request.
+    """
 
     __slots__ = ("future", "specs")
 
-    def __init__(self, future: asyncio.Future[Received[Any]], specs: dict[str, Any]):
+    def __init__(
+        self,
+        future: asyncio.Future[Received[Any]],
+        specs: dict[str, tuple[MessageSpec[Any], tuple[tuple[int, str], ...]]],
+    ) -> None:
         self.future = future
         self.specs = specs
 
@@ -72,13 +81,33 @@ class Inbox:
             ) from error
 
     def expect(
-        self, request_id: str, replies: Sequence[MessageSpec[Any]]
+        self,
+        request_id: str,
+        replies: Sequence[MessageSpec[Any]],
+        known: Mapping[str, str],
     ) -> tuple[asyncio.Future[Received[Any]], ReplyTo]:
-        """Register a call; return the future of its reply and its reply address."""
+        """Register a call; return the future of its reply and its reply address.
+
+        Args:
+            request_id: The request id of the message the call publishes.
+            replies: The messages that answer it.
+            known: The request's parameter values: a reply sharing a parameter must
+                have the same value, so a message of the awaited name published on
+                the side (for another key) does not answer the call.
+        """
         future: asyncio.Future[Received[Any]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._calls[request_id] = _Call(future, {r.name: r for r in replies})
+        specs = {
+            reply.name: (
+                reply,
+                tuple(
+                    (i, known[p]) for i, p in enumerate(reply.parameters) if p in known
+                ),
+            )
+            for reply in replies
+        }
+        self._calls[request_id] = _Call(future, specs)
         address = ReplyTo(
             subject=f"{self._prefix}.{request_id}", names=[r.name for r in replies]
         )
@@ -89,7 +118,16 @@ class Inbox:
         self._calls.pop(request_id, None)
 
     async def close(self) -> None:
-        """Unsubscribe; calls still waiting time out."""
+        """Unsubscribe; calls still waiting fail with `TransportError` at once."""
+        calls, self._calls = self._calls, {}
+        for request_id, call in calls.items():
+            if not call.future.done():
+                call.future.set_exception(
+                    TransportError(
+                        f"the client closed while request {request_id} waited for "
+                        f"{' or '.join(repr(name) for name in call.specs)}"
+                    )
+                )
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
@@ -105,9 +143,13 @@ class Inbox:
         where = f"reply inbox {msg.subject}"
         try:
             envelope = decode_envelope(msg.data, where=where)
-            spec = call.specs.get(envelope.name)
-            if spec is None:
+            expected = call.specs.get(envelope.name)
+            if expected is None:
                 raise DecodeError(f"{where}: unexpected message {envelope.name!r}")
+            spec, shared = expected
+            values = envelope.parameters
+            if any(i >= len(values) or values[i] != v for i, v in shared):
+                return  # the awaited name, but for other parameters: not the reply
             received = received_from(spec, envelope, where=where)
         except DecodeError as error:
             logger.warning("skipped an undecodable reply: %s", error)

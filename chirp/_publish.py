@@ -90,6 +90,8 @@ class StreamWriter:
         self._queue: list[tuple[DurableWrite, asyncio.Future[bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._leading = False
+        self._led = asyncio.Event()  # set whenever no lone publisher is writing
+        self._led.set()
         self._trimming: asyncio.Task[None] | None = None
 
     async def write(self, write: DurableWrite) -> bytes:
@@ -112,15 +114,21 @@ class StreamWriter:
         return await future
 
     async def close(self) -> None:
-        """Wait until every queued write has been sent, and a trim under way."""
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self._trimming is not None:
-            await asyncio.shield(self._trimming)
+        """Wait until every write under way and queued has been sent, then a trim."""
+        while True:
+            if self._leading:
+                await self._led.wait()
+            elif self._flusher is not None:
+                await asyncio.shield(self._flusher)
+            elif self._trimming is not None:
+                await asyncio.shield(self._trimming)
+            else:
+                return
 
     async def _lead(self, write: DurableWrite) -> bytes:
         """Write one envelope from the publisher's own task, then announce it."""
         self._leading = True
+        self._led.clear()
         try:
             [result] = await self._send_with_retries([write])
             if isinstance(result, BaseException):
@@ -137,6 +145,7 @@ class StreamWriter:
             self._leading = False
             if self._queue and self._flusher is None:
                 self._start_flusher()
+            self._led.set()
 
     def _start_flusher(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_all())

@@ -109,6 +109,39 @@ async def test_concurrent_publishes_all_land(client: chirp.Client) -> None:
     assert stored == {r.request_id: str(i) for i, r in enumerate(results)}
 
 
+async def test_close_sends_and_announces_the_publishes_under_way(
+    servers: EmbeddedServers, unique_name: str
+) -> None:
+    async with chirp.Client(
+        "watcher",
+        nats_url=servers.nats_url,
+        redis_url=servers.redis_url,
+        namespace=unique_name,
+        test=True,
+    ) as watcher:
+        sub = await watcher.context().subscribe(Ping)
+        closing = chirp.Client(
+            "closing",
+            nats_url=servers.nats_url,
+            redis_url=servers.redis_url,
+            namespace=unique_name,
+            test=True,
+        )
+        await closing.connect()
+        ctx = closing.context()
+        publishes = [asyncio.create_task(ctx.msg(Ping(key=str(i)))) for i in range(60)]
+        # The first publisher is writing on its own, the others queue behind it.
+        await asyncio.sleep(0)
+        await closing.close()
+
+        assert all(p.done() and not p.exception() for p in publishes)
+        announced = [await sub.next(timeout=2) for _ in range(60)]
+        assert len({r.request_id for r in announced}) == 60
+        stream = watcher.names.stream_key("test-ping")
+        assert await watcher.redis.xlen(stream) == 60
+        await sub.close()
+
+
 async def test_publish_without_redis_raises_publish_error(
     servers: EmbeddedServers, unique_name: str
 ) -> None:

@@ -63,6 +63,31 @@ async def test_failing_handler_is_retried_with_backoff(
     assert await client.redis.zcard(client.names.retry_key(unique_name)) == 0
 
 
+async def test_a_cancellation_escaping_a_handler_is_a_failed_attempt(
+    client: Client, unique_name: str
+) -> None:
+    handled: list[tuple[str, int]] = []
+
+    @chirp.worker(name=unique_name, concurrency=1, backoff=Backoff(base=0.05, cap=0.05))
+    async def cancelled_inside(ctx: Context, msg: Ping) -> None:
+        if msg.text == "cancel" and ctx.attempt == 1:
+            # A future cancelled elsewhere: its CancelledError escapes the handler,
+            # though nobody cancelled the handler itself.
+            gone = asyncio.get_running_loop().create_future()
+            gone.cancel()
+            await gone
+        handled.append((msg.key, ctx.attempt))
+
+    ctx = client.context()
+    async with running_workers(client, cancelled_inside):
+        await ctx.msg(Ping(key="bad", text="cancel"))
+        for index in range(3):
+            await ctx.msg(Ping(key=str(index)))
+        await _wait_for(lambda: len(handled) == 4, timeout=5)
+
+    assert sorted(handled) == [("0", 1), ("1", 1), ("2", 1), ("bad", 2)]
+
+
 async def _wait_for_async(read: Any, expected: object, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while await read() != expected:

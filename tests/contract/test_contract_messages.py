@@ -218,6 +218,38 @@ async def test_publish_wait_gets_a_completion_from_further_down_the_ray(
     assert hops == ["waiter", f"{unique_name}-relay", f"{unique_name}-finish"]
 
 
+async def test_publish_wait_takes_no_reply_for_other_parameters(
+    client: chirp.Client, other: chirp.Client, unique_name: str
+) -> None:
+    @chirp.worker(name=unique_name)
+    async def answer_twice(ctx: chirp.Context, msg: Ping) -> None:
+        # A completion of the awaited name for another key first, then the reply.
+        await ctx.msg(PingDone(key=f"side-{msg.key}", text="side"))
+        await ctx.msg(PingDone(key=msg.key, text="reply"))
+
+    ctx = client.context()
+    async with running_workers(other, answer_twice):
+        done = await ctx.publish_wait(Ping(key="k"), PingDone, timeout=5)
+
+    assert (done.body.key, done.body.text) == ("k", "reply")
+
+
+async def test_closing_the_client_ends_its_waits_at_once(
+    client: chirp.Client, unique_name: str
+) -> None:
+    waiting = asyncio.create_task(
+        client.context().publish_wait(Ping(key=unique_name), PingDone, timeout=30)
+    )
+    await asyncio.sleep(0.2)  # published, and waiting for a worker there is not
+    started = time.monotonic()
+
+    await client.close()
+
+    with pytest.raises(chirp.TransportError, match="closed"):
+        await waiting
+    assert time.monotonic() - started < 2
+
+
 async def test_concurrent_waits_each_get_their_own_reply(
     client: chirp.Client, other: chirp.Client, unique_name: str
 ) -> None:
