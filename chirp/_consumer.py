@@ -114,6 +114,9 @@ class Consumer:
         # When a loop last heard from Redis or a handler last finished (monotonic).
         self.last_progress = time.monotonic()
         self._metrics = WorkerMetrics(worker.name, worker.spec.name)
+        # Whether `_refusal` can refuse anything: not for a worker that allows
+        # recursion and sets no max_age.
+        self._may_refuse = worker.max_age is not None or not worker.allow_recursive
 
     @property
     def name(self) -> str:
@@ -356,7 +359,15 @@ class Consumer:
                 loop.call_soon(self._on_yield)
             self._running[task] = entry
             try:
-                await self._handle(entry)
+                try:
+                    received = self._decode(entry)
+                except DecodeError as error:
+                    await self._dead_letter(entry, str(error))
+                else:
+                    if tracing_active():
+                        await self._run_traced(entry, received)
+                    else:
+                        await self._run(entry, received)
             except asyncio.CancelledError:
                 if task.cancelling():
                     raise  # the host stops: `stop` hands the entry back
@@ -378,15 +389,7 @@ class Consumer:
             extra={"worker": self.name},
         )
 
-    async def _handle(self, entry: Taken) -> None:
-        try:
-            received = self._decode(entry)
-        except DecodeError as error:
-            await self._dead_letter(entry, str(error))
-            return
-        if not tracing_active():
-            await self._run(entry, received)
-            return
+    async def _run_traced(self, entry: Taken, received: Received[Any]) -> None:
         span = handle_span(self.name, received.name, received.ray_id, entry.otel or {})
         with span:
             await self._run(entry, received)
@@ -394,11 +397,14 @@ class Consumer:
     async def _run(self, entry: Taken, received: Received[Any]) -> None:
         """Run a decoded message: refuse it, skip a duplicate, or call the handler."""
         now = self._clock()
-        ctx = self._context(received, entry, int(now * 1000))
-        refusal = self._refusal(received, now)
-        if refusal is not None:
-            await self._refuse(entry, ctx, received, *refusal)
-            return
+        ctx = Context.for_message(
+            self._client, self._worker.name, received, entry, int(now * 1000)
+        )
+        if self._may_refuse:
+            refusal = self._refusal(received, now)
+            if refusal is not None:
+                await self._refuse(entry, ctx, received, *refusal)
+                return
         if entry.idempotency_key and not await self._claim_key(entry, received):
             return
         self._metrics.receive_lag.observe(max(0.0, now - received.ts / 1000))
@@ -504,11 +510,6 @@ class Consumer:
             (due_ms - self._now_ms()) / 1000, self._wakeup.set
         )
         return False
-
-    def _context(self, received: Received[Any], entry: Taken, now_ms: int) -> Context:
-        return Context.for_message(
-            self._client, self._worker.name, received, entry, now_ms
-        )
 
     def _log_body(self, received: Received[Any]) -> None:
         body = "<sensitive>"
