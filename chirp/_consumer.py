@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from redis.exceptions import RedisError
 from chirp._context import Context
 from chirp._errors import ChirpError, DecodeError
 from chirp._metrics import WorkerMetrics
+from chirp._runners import Runners
 from chirp._schema import failure_for
 from chirp._store import Taken, WorkerStore
 from chirp._subscribe import Received, received_from
@@ -58,14 +58,7 @@ class Consumer:
 
     Two loops fill the free handler slots: the read loop takes new entries from the
     stream, the schedule loop takes due retries and entries whose lease ran out.
-    Taken entries wait in a local queue, still leased, for a runner.
-
-    Runners are tasks, at most `concurrency` of them, that each handle one entry after
-    another. A task per message would cost more than a no-op handler itself; instead
-    one runner works through the queue, and whenever it yields to the event loop (its
-    handler awaits something) with entries still waiting, more runners are woken or
-    started for them. Handlers that never wait so cost no task switch at all, and
-    handlers that do wait still run `concurrency` at a time.
+    Taken entries wait in a local queue, still leased, for a runner (`Runners`).
 
     Args:
         worker: The worker to run.
@@ -93,15 +86,12 @@ class Consumer:
             client.redis, client.names, worker=worker.name, message=worker.spec.name
         )
         self._lease_ms = int(worker.lease * 1000)
-        # Busy runners and the entry each handles; all runners; idle runners' wake-ups.
-        self._running: dict[asyncio.Task[None], Taken] = {}
-        self._runners: set[asyncio.Task[None]] = set()
-        self._idle: list[asyncio.Future[None]] = []
-        # Runners woken or started that have not yet looked at the queue.
-        self._starting = 0
-        self._yield_watch = False
-        self._waiting: deque[Taken] = deque()
-        self._slot_freed = asyncio.Event()
+        self._runners = Runners(
+            self._handle,
+            concurrency=worker.concurrency,
+            worker=worker.name,
+            progress=self._note_progress,
+        )
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
@@ -140,8 +130,8 @@ class Consumer:
             "alive": loops_running and quiet < self.stall_limit,
             "loops_running": loops_running,
             "seconds_since_progress": round(quiet, 3),
-            "in_flight": len(self._running),
-            "waiting": len(self._waiting),
+            "in_flight": self._runners.in_flight,
+            "waiting": self._runners.waiting,
         }
 
     async def levels(self) -> dict[str, int]:
@@ -170,27 +160,18 @@ class Consumer:
         """
         self._stopping.set()
         self._wakeup.set()
-        self._slot_freed.set()
+        self._runners.stop()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        unstarted = list(self._waiting)
-        self._waiting.clear()
-        for idle in self._idle:
-            idle.set_result(None)
-        self._idle.clear()
-        if self._running:
-            await asyncio.wait(list(self._running), timeout=grace)
-        leftover = dict(self._running)
-        for task in self._runners:
-            task.cancel()
-        await asyncio.gather(*self._runners, return_exceptions=True)
-        self._runners.clear()
+        # Taken after the loops ended: a read under way when the stop came counts.
+        unstarted = self._runners.unstarted()
+        leftover = await self._runners.finish(grace)
         self._done.set()
         if self._renewer is not None:
             # Cancelled and awaited with a bound: a cancellation that a client
             # library swallows must not keep the host from stopping.
             self._renewer.cancel()
             await asyncio.wait([self._renewer], timeout=STOP_TIMEOUT_SECONDS)
-        await self._hand_back([*unstarted, *leftover.values()])
+        await self._hand_back([*unstarted, *leftover])
         await self._flush_acks_now()
         try:
             await self._store.leave(self._consumer)
@@ -244,7 +225,7 @@ class Consumer:
             count = min(free, self._worker.batch)
             taken = await self._store.read_new(self._consumer, count, READ_BLOCK_MS)
             self.last_progress = time.monotonic()
-            self._take(taken)
+            self._runners.take(taken)
             if 0 < len(taken) < count:
                 # No backlog, so latency counts: let the runners start before the
                 # next read is sent. With a backlog, the read overlaps the handlers.
@@ -263,7 +244,7 @@ class Consumer:
                 self._consumer, now_ms, self._lease_ms, free
             )
             self.last_progress = time.monotonic()
-            self._take(due)
+            self._runners.take(due)
             taken = len(due)
             if free > taken and now_ms >= self._next_reclaim_ms:
                 taken += await self._take_idle(free - taken)
@@ -283,7 +264,7 @@ class Consumer:
         if cursor == "0-0":
             self._next_reclaim_ms = self._now_ms() + self._lease_ms // 2
             await self._store.forget_idle(max(FORGET_AFTER_MS, 10 * self._lease_ms))
-        self._take(taken)
+        self._runners.take(taken)
         if taken or vanished:
             logger.info(
                 "worker %s: took over %d entries idle past the %ss lease "
@@ -300,7 +281,7 @@ class Consumer:
         # Runs on through a stop's grace period: handlers still running need it.
         while not self._done.is_set():
             await self._pause(self._worker.lease / 3, until=self._done)
-            held = [*self._running.values(), *self._waiting]
+            held = self._runners.held()
             if held:
                 await self._store.renew(
                     self._consumer,
@@ -311,83 +292,20 @@ class Consumer:
 
     # Handling one entry ------------------------------------------------------------
 
-    def _take(self, entries: list[Taken]) -> None:
-        """Queue taken entries; a runner starts on them unless one is about to."""
-        if entries:
-            self._waiting.extend(entries)
-            if not self._starting:
-                self._wake(1)
+    def _note_progress(self) -> None:
+        self.last_progress = time.monotonic()
 
-    def _wake(self, wanted: int) -> None:
-        """Wake idle runners, or start new ones within the concurrency, for entries."""
-        while wanted > 0 and self._idle:
-            self._idle.pop().set_result(None)
-            self._starting += 1
-            wanted -= 1
-        spare = self._worker.concurrency - len(self._runners)
-        for _ in range(min(wanted, spare)):
-            task = asyncio.get_running_loop().create_task(self._runner())
-            self._runners.add(task)
-            task.add_done_callback(self._runners.discard)
-            self._starting += 1
-
-    def _on_yield(self) -> None:
-        """Called once a runner yielded to the loop: get runners for what waits."""
-        self._yield_watch = False
-        unserved = len(self._waiting) - self._starting
-        if unserved > 0 and not self._stopping.is_set():
-            self._wake(unserved)
-
-    async def _runner(self) -> None:
-        """Handle waiting entries one after another; wait idle when there are none."""
-        task = asyncio.current_task()
-        assert task is not None
-        loop = task.get_loop()
-        self._starting -= 1
-        while not self._stopping.is_set():
-            if not self._waiting:
-                idle: asyncio.Future[None] = loop.create_future()
-                self._idle.append(idle)
-                await idle
-                self._starting -= 1
-                continue
-            entry = self._waiting.popleft()
-            if self._waiting and not self._yield_watch:
-                # Runs as soon as this runner yields: if its handler waits, the rest
-                # of the queue gets runners of its own.
-                self._yield_watch = True
-                loop.call_soon(self._on_yield)
-            self._running[task] = entry
-            try:
-                try:
-                    received = self._decode(entry)
-                except DecodeError as error:
-                    await self._dead_letter(entry, str(error))
-                else:
-                    if tracing_active():
-                        await self._run_traced(entry, received)
-                    else:
-                        await self._run(entry, received)
-            except asyncio.CancelledError:
-                if task.cancelling():
-                    raise  # the host stops: `stop` hands the entry back
-                self._outcome_lost(entry, "a cancellation that escaped the handler")
-            except Exception as error:
-                self._outcome_lost(entry, _describe(error))
-            finally:
-                del self._running[task]
-                self.last_progress = time.monotonic()
-                self._slot_freed.set()
-
-    def _outcome_lost(self, entry: Taken, why: str) -> None:
-        # The entry stays leased to nobody: it returns after the lease.
-        logger.error(
-            "worker %s: recording the outcome of %s failed: %s",
-            self.name,
-            entry.entry_id,
-            why,
-            extra={"worker": self.name},
-        )
+    async def _handle(self, entry: Taken) -> None:
+        """Decode an entry and run it (dead-letter it if it does not decode)."""
+        try:
+            received = self._decode(entry)
+        except DecodeError as error:
+            await self._dead_letter(entry, str(error))
+            return
+        if tracing_active():
+            await self._run_traced(entry, received)
+        else:
+            await self._run(entry, received)
 
     async def _run_traced(self, entry: Taken, received: Received[Any]) -> None:
         span = handle_span(self.name, received.name, received.ray_id, entry.otel or {})
@@ -650,18 +568,10 @@ class Consumer:
     # Helpers -----------------------------------------------------------------------
 
     async def _free_slots(self) -> int:
-        """Wait for a free handler slot; return how many are free, 0 once stopping.
-
-        Entries taken but not yet started count as taken: two loops may each fill the
-        slots they saw free, and the surplus waits its turn instead of overshooting.
-        """
-        while not self._stopping.is_set():
-            free = self._worker.concurrency - len(self._running) - len(self._waiting)
-            if free > 0:
-                return free
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
-        return 0
+        """Wait for a free handler slot; return how many are free, 0 once stopping."""
+        if self._stopping.is_set():
+            return 0
+        return await self._runners.free_slots()
 
     async def _pause(self, seconds: float, until: asyncio.Event | None = None) -> None:
         """Sleep up to `seconds`, or until `until` is set (by default: a stop)."""

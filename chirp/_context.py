@@ -56,7 +56,6 @@ class Context:
         ray_id: Shared by everything one outside request caused.
         request_id: This request's own id.
         trace: The hops that led here, oldest first.
-        received: For a worker, the message being handled: the trace comes from it.
         ts: When this context started, in ms since the Unix epoch.
         req_ts: When the triggering request started (a message's publish time).
         attempt: For a worker, which attempt at the message this is (from 1).
@@ -93,7 +92,6 @@ class Context:
         ray_id: str,
         request_id: str,
         trace: tuple[TraceEntry, ...] | None = None,
-        received: Received[Any] | None = None,
         parent: Context | None = None,
         ts: int,
         req_ts: int | None = None,
@@ -103,12 +101,12 @@ class Context:
     ) -> None:
         self._client = client
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
-        # A child's trace is its parent's plus the parent's own entry, and a worker's
-        # is the received message's; both are built only when something reads them:
-        # most operation calls and many handlers never do.
+        # A child's trace is its parent's plus the parent's own entry (a worker's, in
+        # `for_message`, is its message's); both are built only when something reads
+        # them: most operation calls and many handlers never do.
         self._trace = trace if parent is None else None
         self._parent = parent
-        self._received = received
+        self._received: Received[Any] | None = None
         self._reply: ReplyTo | object | None = _UNKNOWN
         self._reply_wire = b""
         self._own_entry: TraceEntry | None = None
