@@ -89,9 +89,9 @@ class StreamWriter:
         self._written: dict[str, int] = {}
         self._queue: list[tuple[DurableWrite, asyncio.Future[bytes]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._leading = False
-        self._led = asyncio.Event()  # set whenever no lone publisher is writing
-        self._led.set()
+        # Set whenever no lone publisher is writing (see `_lead`).
+        self._no_lone_writer = asyncio.Event()
+        self._no_lone_writer.set()
         self._trimming: asyncio.Task[None] | None = None
 
     async def write(self, write: DurableWrite) -> bytes:
@@ -105,19 +105,19 @@ class StreamWriter:
             PublishError: The write failed on every try, or Redis refused it.
         """
         write.queued = time.perf_counter()
-        if self._flusher is None and not self._leading:
+        if self._flusher is None and self._no_lone_writer.is_set():
             return await self._lead(write)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._queue.append((write, future))
-        if self._flusher is None and not self._leading:
+        if self._flusher is None and self._no_lone_writer.is_set():
             self._start_flusher()
         return await future
 
     async def close(self) -> None:
         """Wait until every write under way and queued has been sent, then a trim."""
         while True:
-            if self._leading:
-                await self._led.wait()
+            if not self._no_lone_writer.is_set():
+                await self._no_lone_writer.wait()
             elif self._flusher is not None:
                 await asyncio.shield(self._flusher)
             elif self._trimming is not None:
@@ -127,14 +127,11 @@ class StreamWriter:
 
     async def _lead(self, write: DurableWrite) -> bytes:
         """Write one envelope from the publisher's own task, then announce it."""
-        self._leading = True
-        self._led.clear()
+        self._no_lone_writer.clear()
         try:
             [result] = await self._send_with_retries([write])
             if isinstance(result, BaseException):
-                raise PublishError(
-                    f"Redis refused the write to {write.stream}: {result}"
-                ) from result
+                raise _refused(write, result) from result
             if write.latency is not None:
                 write.latency.observe(time.perf_counter() - write.queued)
             await self._announce(write)
@@ -142,10 +139,9 @@ class StreamWriter:
             return result
         finally:
             # Whatever happened to this write, those who queued behind it go next.
-            self._leading = False
             if self._queue and self._flusher is None:
                 self._start_flusher()
-            self._led.set()
+            self._no_lone_writer.set()
 
     def _start_flusher(self) -> None:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
@@ -178,11 +174,7 @@ class StreamWriter:
         for (write, future), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 if not future.done():
-                    future.set_exception(
-                        PublishError(
-                            f"Redis refused the write to {write.stream}: {result}"
-                        )
-                    )
+                    future.set_exception(_refused(write, result))
                 continue
             written.append(write)
             if write.latency is not None:
@@ -280,6 +272,10 @@ class StreamWriter:
                 f"appending {len(writes)} messages returned {len(replies)} replies"
             )
         return [_entry_id(reply) for reply in replies]
+
+
+def _refused(write: DurableWrite, reply: BaseException) -> PublishError:
+    return PublishError(f"Redis refused the write to {write.stream}: {reply}")
 
 
 def _entry_id(reply: object) -> bytes | BaseException:

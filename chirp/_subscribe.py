@@ -67,22 +67,21 @@ class Received(Generic[M]):
         *,
         body: M,
         name: str,
-        parameters: tuple[str, ...] | None = None,
+        parameters: tuple[str, ...] = (),
         ray_id: str,
         request_id: str,
         ts: int,
-        trace: tuple[TraceEntry, ...] | None = None,
-        envelope: Envelope | None = None,
+        trace: tuple[TraceEntry, ...] = (),
     ) -> None:
         self.body = body
         self.name = name
         self.ray_id = ray_id
         self.request_id = request_id
         self.ts = ts
-        self._parameters = parameters
-        self._trace = trace
-        # The source of whichever of trace and parameters was not given.
-        self._envelope = envelope
+        self._parameters: tuple[str, ...] | None = parameters
+        self._trace: tuple[TraceEntry, ...] | None = trace
+        # Set by `received_from`: the source of the trace and the parameters.
+        self._envelope: Envelope | None = None
 
     @property
     def parameters(self) -> tuple[str, ...]:
