@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 import os
@@ -135,7 +136,11 @@ async def run_host(
     grace: float = DEFAULT_GRACE,
     health: tuple[str, int] | None = None,
 ) -> None:
-    """Connect and run `workers` until SIGTERM or SIGINT arrives, then drain."""
+    """Connect and run `workers` until SIGTERM or SIGINT arrives, then drain.
+
+    Meant for a process that is a worker host and nothing else (`chirp run`): it
+    hands what the process holds by now to `gc.freeze`.
+    """
     client = Client(
         name="worker-host",
         nats_url=nats_url,
@@ -143,4 +148,9 @@ async def run_host(
         namespace=namespace,
     )
     async with client:
+        # Modules, classes and connections made so far live as long as the process.
+        # Frozen, they are left out of the collector's full passes, which a busy
+        # host triggers often (every handled message allocates a few objects):
+        # about 4% of a drain's CPU time with a no-op handler.
+        gc.freeze()
         await WorkerHost(client, workers, grace=grace, health=health).run()

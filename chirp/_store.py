@@ -47,7 +47,7 @@ class Taken:
     """One entry taken for handling, and where it came from.
 
     Attributes:
-        entry_id: The stream entry id.
+        raw_id: The stream entry id as Redis returned it; `entry_id` is the text.
         data: The envelope bytes, or None when the entry carries none.
         scheduled: True for a retry taken from the schedule, False for a stream entry.
         attempt: Which attempt this is, from 1.
@@ -56,13 +56,20 @@ class Taken:
         otel: Set once decoded: the publisher's trace context, if any.
     """
 
-    entry_id: str
+    raw_id: bytes
     data: bytes | None
     scheduled: bool
     attempt: int
     redelivered: bool
     idempotency_key: str = ""
     otel: dict[str, str] | None = None
+
+    @property
+    def entry_id(self) -> str:
+        """The stream entry id."""
+        # Kept as bytes: acking a message, the one step every entry takes, then
+        # passes Redis the bytes it sent, with nothing to decode or encode.
+        return self.raw_id.decode()
 
 
 class WorkerStore:
@@ -119,10 +126,7 @@ class WorkerStore:
             await self.ensure_group()
             return []
         entries = reply[0][1] if reply else []
-        return [
-            Taken(i.decode(), f.get(ENVELOPE_FIELD), False, 1, False)
-            for i, f in entries
-        ]
+        return [Taken(i, f.get(ENVELOPE_FIELD), False, 1, False) for i, f in entries]
 
     async def claim_due(
         self, consumer: str, now_ms: int, lease_ms: int, limit: int
@@ -136,7 +140,7 @@ class WorkerStore:
         claimed = reply[1:]
         taken = [
             Taken(
-                claimed[i].decode(),
+                claimed[i],
                 claimed[i + 2] or None,
                 True,
                 int(claimed[i + 1]) + 1,
@@ -159,7 +163,7 @@ class WorkerStore:
             count=count,
         )
         taken = [
-            Taken(i.decode(), f.get(ENVELOPE_FIELD), False, 1, True)
+            Taken(i, f.get(ENVELOPE_FIELD), False, 1, True)
             for i, f in reply[1]
             if f is not None
         ]
@@ -170,7 +174,7 @@ class WorkerStore:
 
     # Outcomes ----------------------------------------------------------------------
 
-    async def ack(self, entry_ids: list[str]) -> None:
+    async def ack(self, entry_ids: list[bytes]) -> None:
         """Acknowledge stream entries handled successfully."""
         await self._redis.xack(self.stream, self.worker, *entry_ids)
 
