@@ -258,8 +258,11 @@ async def test_handler_context_describes_the_message(
     assert 0.2 <= ctx.req_dt < 10
 
 
+# Short envelopes are searched for the worker's name before their trace is walked;
+# long ones go straight to the walk. Both must find the loop.
+@pytest.mark.parametrize("text", ["first", "long " * 1000], ids=["short", "long"])
 async def test_a_recursive_message_is_refused_with_its_code(
-    client: Client, unique_name: str
+    client: Client, unique_name: str, text: str
 ) -> None:
     runs: list[str] = []
 
@@ -273,10 +276,10 @@ async def test_a_recursive_message_is_refused_with_its_code(
         await ctx.subscribe(PingFailed, {"key": "loop"}) as failures,
         running_workers(client, echo_loop),
     ):
-        await ctx.msg(Ping(key="loop", text="first"))
+        await ctx.msg(Ping(key="loop", text=text))
         refused = await failures.next(timeout=5)
 
-    assert runs == ["first"]
+    assert runs == [text]
     assert refused.body.code == "CHIRP_RECURSIVE_MESSAGE"
     assert refused.body.key == "loop"
     assert unique_name in refused.body.message
