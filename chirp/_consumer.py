@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.json_format import MessageToJson
 from redis.exceptions import RedisError
 
+from chirp._acks import Acks
 from chirp._context import Context
 from chirp._errors import ChirpError, DecodeError
 from chirp._metrics import WorkerMetrics
+from chirp._refusals import Refusals
 from chirp._runners import Runners
 from chirp._schema import failure_for
 from chirp._store import Taken, WorkerStore
@@ -46,14 +48,8 @@ FORGET_AFTER_MS = 60_000
 STOP_TIMEOUT_SECONDS = 2.0
 # Least time without progress before liveness fails; twice the lease when longer.
 STALL_FLOOR_SECONDS = 10.0
-# Codes of Chirp's own refusals (see chirp/errors.toml).
-STALE = "CHIRP_STALE_MESSAGE"
-RECURSIVE = "CHIRP_RECURSIVE_MESSAGE"
 # How soon a message whose idempotency key another handler holds is looked at again.
 BUSY_KEY_RECHECK_MS = 1000
-# Longest envelope searched for the worker's name before its trace is walked: about
-# where the search (under a nanosecond a byte) costs what walking a short trace does.
-PREFILTER_MAX_BYTES = 1024
 
 
 class Consumer:
@@ -98,8 +94,7 @@ class Consumer:
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._done = asyncio.Event()
-        self._acks: list[bytes] = []
-        self._ack_flusher: asyncio.Task[None] | None = None
+        self._acks = Acks(self._store, worker.name)
         self._loops: list[asyncio.Task[None]] = []
         self._renewer: asyncio.Task[None] | None = None
         self._reclaim_cursor = "0-0"
@@ -116,13 +111,7 @@ class Consumer:
         self._ok = self._metrics.ok
         self._handler_seconds = self._metrics.handler_seconds
         self._receive_lag = self._metrics.receive_lag
-        # Whether `_refusal` can refuse anything: not for a worker that allows
-        # recursion and sets no max_age.
-        self._may_refuse = worker.max_age is not None or not worker.allow_recursive
-        # A trace hop names its context in plain UTF-8 inside the envelope bytes, so
-        # an envelope without these bytes cannot have passed through this worker
-        # (see `_refusal`).
-        self._name_bytes = worker.name.encode()
+        self._refusals = Refusals(worker)
 
     @property
     def name(self) -> str:
@@ -188,7 +177,7 @@ class Consumer:
             self._renewer.cancel()
             await asyncio.wait([self._renewer], timeout=STOP_TIMEOUT_SECONDS)
         await self._hand_back([*unstarted, *leftover])
-        await self._flush_acks_now()
+        await self._acks.flushed()
         try:
             await self._store.leave(self._consumer)
         except (RedisError, OSError) as error:
@@ -347,8 +336,8 @@ class Consumer:
         ctx = Context.for_message(
             self._client, self._worker.name, received, entry, int(now * 1000)
         )
-        if self._may_refuse:
-            refusal = self._refusal(entry, received, now)
+        if self._refusals.possible:
+            refusal = self._refusals.check(entry.data, received, now)
             if refusal is not None:
                 await self._refuse(entry, ctx, received, *refusal)
                 return
@@ -379,41 +368,7 @@ class Consumer:
         if entry.idempotency_key or entry.scheduled:
             await self._succeeded(entry)
         else:
-            self._ack(entry.raw_id)
-
-    def _refusal(
-        self, entry: Taken, received: Received[Any], now: float
-    ) -> tuple[str, str] | None:
-        """Return the code and reason to refuse a message with, or None to run it."""
-        worker = self._worker
-        if worker.max_age is not None:
-            age = now - received.ts / 1000
-            if age > worker.max_age:
-                return STALE, (
-                    f"{received.name} {received.request_id} is {age:.1f}s old, past "
-                    f"the {worker.max_age}s max_age of worker {worker.name}"
-                )
-        if (
-            not worker.allow_recursive
-            and self._may_have_visited(entry.data)
-            and received.visited(worker.name)
-        ):
-            return RECURSIVE, (
-                f"{received.name} {received.request_id} already passed through "
-                f"worker {worker.name} on ray {received.ray_id}"
-            )
-        return None
-
-    def _may_have_visited(self, data: bytes | None) -> bool:
-        """Tell whether the envelope bytes could hold a trace hop of this worker.
-
-        Looking for the worker's name in a short envelope is cheaper than walking its
-        decoded trace, and most envelopes never passed through the worker. Past
-        `PREFILTER_MAX_BYTES` the search costs more than the walk it would save.
-        """
-        if data is None or len(data) > PREFILTER_MAX_BYTES:
-            return True
-        return self._name_bytes in data
+            self._acks.add(entry.raw_id)
 
     async def _refuse(
         self, entry: Taken, ctx: Context, received: Received[Any], code: str, why: str
@@ -513,7 +468,7 @@ class Consumer:
         if entry.scheduled:
             await self._store.complete_retry(entry.entry_id)
         else:
-            self._ack(entry.raw_id)
+            self._acks.add(entry.raw_id)
 
     async def _failed(
         self, entry: Taken, received: Received[Any], error: BaseException
@@ -558,36 +513,7 @@ class Consumer:
         )
         await self._store.dead_letter(entry, reason=reason, now_ms=self._now_ms())
 
-    # Acks and hand-back ------------------------------------------------------------
-
-    def _ack(self, entry_id: bytes) -> None:
-        """Queue an ack; acks of handlers finishing together share one XACK."""
-        self._acks.append(entry_id)
-        if self._ack_flusher is None:
-            self._ack_flusher = asyncio.create_task(self._flush_acks())
-
-    async def _flush_acks(self) -> None:
-        try:
-            while self._acks:
-                ids, self._acks = self._acks, []
-                try:
-                    await self._store.ack(ids)
-                except (RedisError, OSError) as error:
-                    # Unacked entries are redelivered after the lease: at least once.
-                    logger.warning(
-                        "worker %s: acking %d entries failed; they will be "
-                        "redelivered: %s",
-                        self.name,
-                        len(ids),
-                        error,
-                        extra={"worker": self.name},
-                    )
-        finally:
-            self._ack_flusher = None
-
-    async def _flush_acks_now(self) -> None:
-        if self._ack_flusher is not None:
-            await self._ack_flusher
+    # Hand-back ---------------------------------------------------------------------
 
     async def _hand_back(self, entries: list[Taken]) -> None:
         """Make unfinished entries available to other consumers at once."""
