@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from chirp import _inspect
+from chirp import _inspect, _state
 from chirp._cli import app
 from chirp._cli_options import Namespace as _Namespace
 from chirp._cli_options import NatsUrl as _NatsUrl
@@ -354,7 +354,7 @@ def status(
     printer = _Printer(json_output)
 
     async def once(redis: redis_asyncio.Redis, names: Names) -> int:
-        _print_status(printer, await _inspect.status(redis, names, known))
+        _print_status(printer, await _state.status(redis, names, known))
         return 0
 
     async def live(redis: redis_asyncio.Redis, names: Names) -> int:
@@ -374,16 +374,16 @@ async def _watch_status(
 ) -> None:
     if not printer.rich:
         while True:
-            _print_status(printer, await _inspect.status(redis, names, known))
+            _print_status(printer, await _state.status(redis, names, known))
             await asyncio.sleep(interval)
     with Live(console=printer.console, auto_refresh=False) as live:
         while True:
-            statuses = await _inspect.status(redis, names, known)
+            statuses = await _state.status(redis, names, known)
             live.update(_status_table(statuses, names), refresh=True)
             await asyncio.sleep(interval)
 
 
-def _print_status(printer: _Printer, statuses: list[_inspect.WorkerStatus]) -> None:
+def _print_status(printer: _Printer, statuses: list[_state.WorkerStatus]) -> None:
     if printer.json:
         printer.record([s.describe() for s in statuses])
         return
@@ -395,7 +395,7 @@ def _print_status(printer: _Printer, statuses: list[_inspect.WorkerStatus]) -> N
     printer.rows("", _STATUS_HEADER, [_status_row(s) for s in statuses])
 
 
-def _status_table(statuses: list[_inspect.WorkerStatus], names: Names | None) -> Table:
+def _status_table(statuses: list[_state.WorkerStatus], names: Names | None) -> Table:
     stamp = datetime.now(UTC).strftime("%H:%M:%S")
     where = f" in {names.namespace}" if names and names.namespace else ""
     table = _table(f"Workers{where} at {stamp} UTC", _STATUS_HEADER, [])
@@ -404,7 +404,7 @@ def _status_table(statuses: list[_inspect.WorkerStatus], names: Names | None) ->
     return table
 
 
-def _status_row(state: _inspect.WorkerStatus) -> list[str]:
+def _status_row(state: _state.WorkerStatus) -> list[str]:
     consumers = ", ".join(
         f"{c.name} ({c.idle_ms / 1000:.1f}s)" for c in state.consumers
     )
@@ -421,7 +421,7 @@ def _status_row(state: _inspect.WorkerStatus) -> list[str]:
     ]
 
 
-def _status_style(state: _inspect.WorkerStatus) -> str | None:
+def _status_style(state: _state.WorkerStatus) -> str | None:
     if state.dead_letters:
         return "red"
     if state.scheduled or (state.lag or 0) > 0:
@@ -448,7 +448,7 @@ def trace(
     printer = _Printer(json_output)
 
     async def job(redis: redis_asyncio.Redis, names: Names) -> int:
-        found = await _inspect.trace(redis, names, ray_id)
+        found = await _state.trace(redis, names, ray_id)
         if printer.json:
             printer.record(found.describe())
         else:
@@ -458,7 +458,7 @@ def trace(
     _run(printer, _with_redis(redis_url, namespace, job))
 
 
-def _print_trace(printer: _Printer, found: _inspect.RayTrace) -> None:
+def _print_trace(printer: _Printer, found: _state.RayTrace) -> None:
     if not found.messages and not found.dead_letters:
         printer.note(f"no message of ray {found.ray_id} is kept", style="yellow")
         return
@@ -475,7 +475,7 @@ def _print_trace(printer: _Printer, found: _inspect.RayTrace) -> None:
         )
 
 
-def _trace_row(message: _inspect.RayMessage) -> list[str]:
+def _trace_row(message: _state.RayMessage) -> list[str]:
     parameters = " ".join(f"{k}={v}" for k, v in message.parameters.items())
     hops = " > ".join(message.hops)
     return [_time(message.ts), message.name, parameters, message.request_id, hops]

@@ -13,7 +13,7 @@ import pytest
 from chirptest.messages_pb2 import Ping, PingDone, PingFailed, Status
 
 import chirp
-from chirp import Backoff, Client, Context, _inspect
+from chirp import Backoff, Client, Context, _inspect, _state
 from chirp.testing import EmbeddedServers, running_workers
 
 TESTS = str(Path(__file__).parent)
@@ -87,7 +87,7 @@ async def test_status_counts_lag_pending_retries_and_dead_letters(
     redis, names = client.redis, client.names
 
     async def settled() -> bool:
-        found = {s.worker: s for s in await _inspect.status(redis, names)}
+        found = {s.worker: s for s in await _state.status(redis, names)}
         return (
             found[dying].dead_letters == 2
             and found[waiting].scheduled == 2
@@ -101,7 +101,7 @@ async def test_status_counts_lag_pending_retries_and_dead_letters(
     await redis.xreadgroup(by_hand, "by-hand-1", {stream: ">"}, count=2)
 
     known = [("never-ran", "test-ping")]
-    found = {s.worker: s for s in await _inspect.status(redis, names, known)}
+    found = {s.worker: s for s in await _state.status(redis, names, known)}
 
     assert set(found) == {dying, waiting, by_hand, "never-ran"}
     assert (found[dying].dead_letters, found[dying].retries) == (2, 2)
@@ -159,7 +159,7 @@ async def test_trace_follows_a_ray_through_a_worker_and_its_dead_letters(
         await _eventually(handled)
 
     # Chunks of one entry: the scan must page through every stream.
-    found = await _inspect.trace(redis, names, ctx.ray_id, chunk=1)
+    found = await _state.trace(redis, names, ctx.ray_id, chunk=1)
 
     ping, done = found.messages
     assert (ping.name, ping.request_id, ping.hops) == (
