@@ -11,7 +11,7 @@ from waits import wait_for, wait_for_value
 
 import chirp
 from chirp import Backoff, Client, Context
-from chirp._inspect import status
+from chirp._state import status
 from chirp._store import WorkerStore
 from chirp.envelope_pb2 import Envelope
 from chirp.testing import running_workers
