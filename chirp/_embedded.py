@@ -7,6 +7,12 @@ only the binary is used. Both serve `chirp dev`, the demo and the test suite.
 Each server process writes its output to files in a data directory (a temporary one,
 removed on stop, unless one is given). The process logic is synchronous, so pytest
 session fixtures and scripts can use it directly; the async methods run it in a thread.
+
+A server does not outlive the process that started it. A normal exit stops it (an
+`atexit` hook), and on Linux the kernel sends it SIGTERM when its parent dies any other
+way (SIGKILL, an unhandled SIGTERM): the parent-death signal of `prctl`. That signal
+follows the thread that forked the server, so servers are forked by one thread that
+lasts as long as the process.
 """
 
 from __future__ import annotations
@@ -14,20 +20,23 @@ from __future__ import annotations
 import abc
 import asyncio
 import atexit
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NoReturn
+from typing import IO, ClassVar, NoReturn
 
 from chirp._errors import ChirpError
 
@@ -40,6 +49,54 @@ _POLL_INTERVAL = 0.02
 _PROBE_TIMEOUT = 0.5
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_LINES = 20
+
+
+# prctl option that names the signal a process gets when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+# Loaded before any fork: the child only calls it, which takes no lock.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+# The one thread that forks servers, and the process it belongs to: a forked copy of
+# this process has no such thread and makes its own.
+_spawner: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """Return what the forked child runs before exec: SIGTERM it when `parent` dies."""
+
+    def ask() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # died before the signal was asked for
+                os._exit(1)
+
+    return ask
+
+
+def _spawner_thread() -> ThreadPoolExecutor:
+    global _spawner
+    if _spawner is None or _spawner[0] != os.getpid():
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chirp-spawn")
+        _spawner = (os.getpid(), executor)
+    return _spawner[1]
+
+
+def _spawn(command: list[str], output: IO[bytes], cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a server process tied to this process's life (see the module docstring)."""
+
+    def popen() -> subprocess.Popen[bytes]:
+        # A new session keeps Ctrl-C in a terminal away from the servers, so
+        # `chirp dev` can drain its workers while Redis and NATS still run.
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with(os.getpid()) if _LIBC is not None else None,
+        )
+
+    return _spawner_thread().submit(popen).result()
 
 
 class EmbeddedServerError(ChirpError):
@@ -259,16 +316,7 @@ class _ServerProcess(abc.ABC):
         command = [str(binary), *self._arguments(self._dir), *self._extra_args]
         # The child inherits the descriptor; the parent does not need to keep it.
         with open(self._dir / f"{self._name}.out", "ab") as output:
-            # A new session keeps Ctrl-C in a terminal away from the servers, so
-            # `chirp dev` can drain its workers while Redis and NATS still run.
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=self._dir,
-                start_new_session=True,
-            )
+            self._process = _spawn(command, output, self._dir)
         return self._wait_ready(self._process)
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> int | None:

@@ -1,4 +1,8 @@
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nats
@@ -147,3 +151,38 @@ def test_start_twice_is_an_error() -> None:
             server.start_sync()
     finally:
         server.stop_sync()
+
+
+# A parent that starts servers with the async API (so from an event loop's worker
+# thread) and then dies without a chance to clean up.
+_DOOMED_PARENT = """
+import asyncio, sys, time
+from pathlib import Path
+from chirp._embedded import embedded_servers
+
+async def main():
+    async with embedded_servers(data_dir=Path(sys.argv[1])) as running:
+        print(running.nats_url, running.redis_url, flush=True)
+        time.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_servers_die_with_a_parent_killed_without_cleanup(
+    how: signal.Signals, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-c", _DOOMED_PARENT, str(tmp_path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as parent:
+        assert parent.stdout is not None
+        urls = parent.stdout.readline().split()
+        ports = [int(url.rsplit(":", 1)[1]) for url in urls]
+        assert len(ports) == 2 and not any(port_is_free(port) for port in ports)
+        parent.send_signal(how)
+
+    deadline = time.monotonic() + 10
+    while not all(port_is_free(port) for port in ports):
+        assert time.monotonic() < deadline, f"servers outlived their parent: {ports}"
+        time.sleep(0.05)
