@@ -36,15 +36,16 @@ demo: venv
 # The peers (FastStream, Taskiq) and the plotting and profiling tools live in a venv of
 # their own (inside .venv, so tools that skip it skip this too), so nothing the benchmark
 # needs ever reaches the project's dependencies. The peers get hiredis, the Redis reply
-# parser Chirp depends on, so the comparison is of the frameworks, not of parsers.
+# parser Chirp depends on, so the comparison is of the frameworks, not of parsers. The
+# peers are pinned so their figures can be measured again; each run records the versions.
 PEERS := $(VENV)/peers
 PEERS_STAMP := $(PEERS)/.installed
 
 $(PEERS_STAMP):
 	$(PY) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install --upgrade pip
-	$(PEERS)/bin/python -m pip install 'faststream[redis,nats]' taskiq taskiq-redis hiredis \
-		matplotlib py-spy
+	$(PEERS)/bin/python -m pip install 'faststream[redis,nats]==0.7.8' taskiq==0.13.0 \
+		taskiq-redis==1.2.4 hiredis==3.5.0 matplotlib py-spy
 	touch $@
 
 # `make bench ARGS=--quick` for the short run, `ARGS='--only worker'` for one suite.

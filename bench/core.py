@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis as redis_sync
 import redis.asyncio as redis_asyncio
 from redis.exceptions import ResponseError
 
@@ -24,6 +25,9 @@ RESULTS = REPO / "bench" / "results"
 PEERS_PYTHON = REPO / ".venv" / "peers" / "bin" / "python"
 PAYLOAD_SIZE = 256
 DRAIN_TIMEOUT = 900.0
+# Environment variable naming the start gate of a child (see `pass_gate`).
+GATE_ENV = "BENCH_GATE"
+GATE_TIMEOUT = 120
 _POLL_SECONDS = 0.01
 
 
@@ -149,14 +153,20 @@ async def seed_jobs(lab: Lab, namespace: str, count: int, size: int) -> str:
 # Child processes ---------------------------------------------------------------------
 
 
+# Children started and not yet stopped, so an interrupted run can stop them all.
+_children: set[subprocess.Popen[bytes]] = set()
+
+
 def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start a child process; its output goes to ``bench/results/logs/{name}.log``."""
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "wb") as log:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
         )
+    _children.add(process)
+    return process
 
 
 def chirp_host() -> list[str]:
@@ -171,6 +181,7 @@ def python_module(module: str, *args: object) -> list[str]:
 
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Stop a child (SIGTERM, then SIGKILL after 15 s)."""
+    _children.discard(process)
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -180,9 +191,54 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def pass_gate() -> None:
+    """In a child: if ``BENCH_GATE`` names a gate, say so and wait to be let through.
+
+    Processes that must start together (several hosts on one group, a publisher and
+    its consumer) would otherwise begin a few tenths of a second apart, each as its
+    interpreter finishes importing: longer than some drains. Each gated child pushes
+    its pid to ``GATE:ready`` and blocks on ``GATE:go``; `open_gate` lets them all go.
+    """
+    gate = os.environ.get(GATE_ENV)
+    if not gate:
+        return
+    client = redis_sync.Redis.from_url(os.environ["CHIRP_REDIS_URL"])
+    try:
+        client.rpush(f"{gate}:ready", os.getpid())
+        if client.blpop([f"{gate}:go"], timeout=GATE_TIMEOUT) is None:
+            raise TimeoutError(f"gate {gate} was not opened in {GATE_TIMEOUT}s")
+    finally:
+        client.close()
+
+
+async def open_gate(
+    lab: Lab, gate: str, processes: list[subprocess.Popen[bytes]]
+) -> float:
+    """Wait until all `processes` wait at `gate`; let them go; return when it opened."""
+    deadline = time.perf_counter() + GATE_TIMEOUT
+    while await lab.redis.llen(f"{gate}:ready") < len(processes):
+        _check_alive(processes)
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{len(processes)} processes did not reach gate {gate}")
+        await asyncio.sleep(_POLL_SECONDS)
+    await lab.redis.rpush(f"{gate}:go", *range(len(processes)))
+    return time.perf_counter()
+
+
+def terminate_children() -> None:
+    """Send SIGTERM to every child still running, without waiting for them."""
+    for process in list(_children):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+
 def memory_kib(pid: int, field_name: str = "VmRSS") -> int:
     """Return a process's resident memory (VmRSS) or its peak (VmHWM) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # the process ended; `_check_alive` tells why
+        return 0
+    for line in status.splitlines():
         if line.startswith(f"{field_name}:"):
             return int(line.split()[1])
     return 0
@@ -221,13 +277,14 @@ async def wait_drained(
     groups: list[str],
     expected: int,
     processes: list[subprocess.Popen[bytes]],
+    started: float | None = None,
 ) -> Drain:
     """Wait until every group read `expected` entries and acked them all.
 
-    The clock starts when the first entry is read, so process start-up and imports do
-    not count; the host's memory (the first process) is sampled along the way.
+    The clock starts at `started` if given, else when the first entry is read, so
+    process start-up and imports do not count; the host's memory (the first process)
+    is sampled along the way.
     """
-    started: float | None = None
     samples: list[tuple[float, int]] = []
     deadline = time.perf_counter() + DRAIN_TIMEOUT
     while time.perf_counter() < deadline:

@@ -29,7 +29,7 @@ import redis.asyncio as redis_asyncio
 from redis.exceptions import ResponseError
 
 import chirp
-from bench.core import envelope, job, memory_kib
+from bench.core import envelope, job, memory_kib, pass_gate
 from bench.messages_pb2 import Empty, JobDone
 from chirp._wire import ENVELOPE_FIELD
 
@@ -149,6 +149,7 @@ COMMANDS: dict[str, Callable[..., Awaitable[None]]] = {
 def main() -> None:
     """Run the command named by the first argument."""
     command, *args = sys.argv[1:]
+    pass_gate()
     asyncio.run(COMMANDS[command](*args))
 
 

@@ -59,8 +59,24 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "nats-server": _version([str(nats_server_binary()), "--version"]),
         "valkey": _version([str(valkey_server_binary()), "--version"]),
+        "clients": _packages(sys.executable, ("redis", "hiredis", "nats-py")),
+        "peers": _packages(str(PEERS_PYTHON), ("faststream", "taskiq-redis")),
         "os": platform.platform(),
     }
+
+
+def _packages(python: str, names: tuple[str, ...]) -> str:
+    """Return ``name version, ...`` of packages installed for `python`."""
+    if not Path(python).exists():
+        return "not installed"
+    script = (
+        "import importlib.metadata as m, sys\n"
+        "print(', '.join(f'{n} {m.version(n)}' for n in sys.argv[1:]))"
+    )
+    found = subprocess.run(
+        [python, "-c", script, *names], capture_output=True, text=True
+    )
+    return found.stdout.strip() or "unknown"
 
 
 def _version(command: list[str]) -> str:
@@ -121,8 +137,11 @@ def markdown(lab: Lab, info: dict[str, str], seconds: float) -> str:
     )
 
 
-def write(lab: Lab, seconds: float) -> str:
-    """Write ``latest.json`` and ``latest.md``, update the docs page, draw the plots."""
+def write(lab: Lab, seconds: float, stem: str = "latest", docs: bool = True) -> str:
+    """Write ``{stem}.json`` and ``{stem}.md``; with `docs`, refresh the docs page.
+
+    The docs page gets the new table and its plots are drawn again.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     info = machine()
     document: dict[str, Any] = {
@@ -133,11 +152,12 @@ def write(lab: Lab, seconds: float) -> str:
         "rows": [asdict(row) | {"ratio": row.ratio} for row in lab.rows],
         "series": lab.series,
     }
-    (RESULTS / "latest.json").write_text(json.dumps(document, indent=1))
+    (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=1))
     text = markdown(lab, info, seconds)
-    (RESULTS / "latest.md").write_text(text + "\n")
-    _update_doc(text)
-    _plot()
+    (RESULTS / f"{stem}.md").write_text(text + "\n")
+    if docs:
+        _update_doc(text)
+        _plot()
     return text
 
 

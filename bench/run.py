@@ -3,23 +3,25 @@
 Starts its own NATS and Valkey servers on free loopback ports, runs the suites in
 order, prints each figure beside its baseline as it comes, then writes
 ``bench/results/latest.json`` and ``latest.md``, refreshes the table in
-docs/performance.md and draws its plots. With ``--only``, the results go to
-``latest-NAME.*`` instead and the docs are left alone.
+docs/performance.md and draws its plots. With ``--only`` or ``--quick``, the results
+go to ``latest-NAME.*`` or ``latest-quick.*`` instead and the docs are left alone.
+Ctrl-C or SIGTERM stops the children and the servers and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as redis_asyncio
 
 from bench import report
-from bench.core import FULL, QUICK, RESULTS, Lab
+from bench.core import FULL, QUICK, Lab, terminate_children
 from bench.suites import drain, latency, memory, ops, peers, publish
 from chirp._embedded import embedded_servers
 
@@ -56,6 +58,7 @@ async def run(names: list[str], args: argparse.Namespace) -> Lab:
     sizes = QUICK if args.quick else FULL
     if args.backlog:
         sizes = type(sizes)(**{**sizes.__dict__, "memory_backlog": args.backlog})
+    _stop_on_signals(asyncio.current_task())
     async with embedded_servers() as servers:
         redis = redis_asyncio.Redis.from_url(servers.redis_url)
         lab = Lab(sizes, args.quick, servers.nats_url, servers.redis_url, redis)
@@ -71,21 +74,54 @@ async def run(names: list[str], args: argparse.Namespace) -> Lab:
     return lab
 
 
+# Set once SIGINT or SIGTERM arrived: what fails after that is the stop, not the run.
+_interrupted = False
+
+
+def _stop_on_signals(task: asyncio.Task[Lab] | None) -> None:
+    """Make SIGINT and SIGTERM stop the children and cancel the run.
+
+    One cancel is not enough: redis-py waits for replies with `asyncio.wait_for`,
+    which on Python 3.11 drops a cancel that arrives as the reply does. So the run is
+    cancelled again every half second until it ends.
+    """
+    assert task is not None
+    loop = asyncio.get_running_loop()
+
+    def cancel_until_done() -> None:
+        if not task.done():
+            task.cancel()
+            loop.call_later(0.5, cancel_until_done)
+
+    def interrupted(name: str) -> None:
+        global _interrupted
+        _interrupted = True
+        print(f"\n{name}: stopping; no results are written", file=sys.stderr)
+        terminate_children()
+        cancel_until_done()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted, signal.Signals(signum).name)
+
+
 def main() -> None:
     """Run the suite and write its results."""
     logging.basicConfig(level=logging.WARNING)
     args = parse()
     names = args.only or list(SUITES)
     started = time.perf_counter()
-    lab = asyncio.run(run(names, args))
+    try:
+        lab = asyncio.run(run(names, args))
+    except (asyncio.CancelledError, Exception):
+        if _interrupted:
+            sys.exit(130)
+        raise
     seconds = time.perf_counter() - started
-    if args.only:
-        tag = "-".join(args.only)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        text = report.markdown(lab, report.machine(), seconds)
-        (RESULTS / f"latest-{tag}.md").write_text(text + "\n")
-        rows = [row.__dict__ | {"ratio": row.ratio} for row in lab.rows]
-        (RESULTS / f"latest-{tag}.json").write_text(json.dumps(rows, indent=1))
+    if args.only or args.quick:
+        tag = "-".join(args.only or []) or "quick"
+        if args.only and args.quick:
+            tag += "-quick"
+        text = report.write(lab, seconds, f"latest-{tag}", docs=False)
     else:
         text = report.write(lab, seconds)
     print()

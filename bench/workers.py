@@ -8,6 +8,7 @@ Everything comes from environment variables, so one module serves every scenario
 - ``BENCH_WORKER``: the worker's name, so several runs can drain one backlog, each
   through a consumer group of its own.
 - ``BENCH_CONCURRENCY`` and ``BENCH_BATCH``: the worker settings under test.
+- ``BENCH_GATE``: a start gate to wait at once imported (`bench.core.pass_gate`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from typing import Any
 
 import chirp
+from bench.core import pass_gate
 from bench.messages_pb2 import Job, JobDone
 
 MODE = os.environ.get("BENCH_MODE", "drain")
@@ -49,3 +51,6 @@ def _declare() -> dict[str, chirp.Worker[Any]]:
 
 # `chirp run` runs the workers found at a module's top level.
 globals().update(_declare())
+# Imported by `chirp run` before it connects: what is left after the gate is the
+# connection and the consumer group, tens of milliseconds.
+pass_gate()

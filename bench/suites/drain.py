@@ -1,7 +1,8 @@
 """Worker throughput: a backlog drained by `chirp run` hosts, against a raw loop.
 
 Every drain is timed the same way, from outside: `wait_drained` polls the consumer
-groups from the first entry read until all are read and acked. Several drains of one
+groups from the first entry read (or, end to end, from the moment publisher and
+consumer are let go together) until all are read and acked. Several drains of one
 backlog each use a consumer group of their own, so the stream is seeded once.
 """
 
@@ -12,11 +13,13 @@ import subprocess
 from collections.abc import Awaitable, Callable
 
 from bench.core import (
+    GATE_ENV,
     PAYLOAD_SIZE,
     Drain,
     Lab,
     Row,
     chirp_host,
+    open_gate,
     python_module,
     seed_jobs,
     spawn,
@@ -52,7 +55,9 @@ async def drain_chirp(
     groups = [f"{worker}-{i}" for i in range(FANOUT)] if mode == "fanout" else [worker]
     commands = [chirp_host() for _ in range(hosts)] + (also or [])
     stream = stream_key(namespace)
-    return await _drain(lab, worker, commands, env, stream, groups, expected)
+    return await _drain(
+        lab, worker, commands, env, stream, groups, expected, publishing=bool(also)
+    )
 
 
 async def drain_raw(
@@ -70,7 +75,14 @@ async def drain_raw(
     names = [group] if groups == 1 else [f"{group}-{i}" for i in range(groups)]
     commands = [consume, *(also or [])]
     return await _drain(
-        lab, group, commands, lab.env(namespace), stream, names, expected
+        lab,
+        group,
+        commands,
+        lab.env(namespace),
+        stream,
+        names,
+        expected,
+        publishing=bool(also),
     )
 
 
@@ -82,12 +94,26 @@ async def _drain(
     stream: str,
     groups: list[str],
     expected: int,
+    *,
+    publishing: bool,
 ) -> Drain:
+    """Run `commands` together and time the drain of `expected` entries per group.
+
+    Several processes start together at a gate (`bench.core.pass_gate`). When one of
+    them publishes what the others drain, the clock starts as the gate opens, the
+    same moment for the publisher and the consumer; otherwise at the first read.
+    """
     processes: list[subprocess.Popen[bytes]] = []
+    gated = len(commands) > 1
+    gate = f"bench-gate:{label}"
+    if gated:
+        env = env | {GATE_ENV: gate}
     try:
         for i, command in enumerate(commands):
             processes.append(spawn(f"{label}-{i}", command, env))
-        return await wait_drained(lab, stream, groups, expected, processes)
+        opened = await open_gate(lab, gate, processes) if gated else None
+        started = opened if publishing else None
+        return await wait_drained(lab, stream, groups, expected, processes, started)
     finally:
         for process in processes:
             stop(process)
@@ -149,28 +175,40 @@ def _median(values: list[float]) -> float:
 
 
 async def _end_to_end(lab: Lab, count: int) -> None:
-    """Publisher in another process while one host drains, against raw on both ends."""
+    """Publisher in another process while one host drains, against raw on both ends.
+
+    Raw and Chirp take turns, each round on empty streams; medians are kept.
+    """
     raw_stream = stream_key("bench-e2e-raw")
     raw_pub = python_module("bench.procs", "raw-publish", raw_stream, count)
-    raw = await drain_raw(lab, "bench-e2e-raw", count, also=[raw_pub])
     chirp_pub = python_module("bench.procs", "chirp-publish", count)
-    drain = await drain_chirp(lab, "bench-e2e", count, also=[chirp_pub])
+    raw_rates: list[float] = []
+    rates: list[float] = []
+    for _ in range(lab.sizes.repeats):
+        raw = await drain_raw(lab, "bench-e2e-raw", count, also=[raw_pub])
+        raw_rates.append(count / raw.seconds)
+        drain = await drain_chirp(lab, "bench-e2e", count, also=[chirp_pub])
+        rates.append(count / drain.seconds)
+        await lab.redis.flushdb()
     name = "end to end: publisher process (100 tasks) + host c128"
     base = "raw pipelined XADD + raw loop"
-    lab.add(_row("worker.e2e", name, count / drain.seconds, base, count / raw.seconds))
-    await lab.redis.flushdb()
+    lab.add(_row("worker.e2e", name, _median(rates), base, _median(raw_rates)))
 
 
 async def _fanout(lab: Lab, count: int) -> None:
     """One backlog consumed by 10 workers (10 groups) in one host."""
     await seed_jobs(lab, "bench-fan", count, PAYLOAD_SIZE)
     deliveries = count * FANOUT
-    raw = await drain_raw(lab, "bench-fan", count, groups=FANOUT)
-    drain = await drain_chirp(lab, "bench-fan", count, mode="fanout")
+    raw_rates: list[float] = []
+    rates: list[float] = []
+    for _ in range(lab.sizes.repeats):
+        raw = await drain_raw(lab, "bench-fan", count, groups=FANOUT)
+        raw_rates.append(deliveries / raw.seconds)
+        drain = await drain_chirp(lab, "bench-fan", count, mode="fanout")
+        rates.append(deliveries / drain.seconds)
     name = f"fan-out: 1 message to {FANOUT} workers (deliveries/s)"
     base = f"raw loop, {FANOUT} groups"
-    rate, base_rate = deliveries / drain.seconds, deliveries / raw.seconds
-    lab.add(_row("worker.fanout", name, rate, base, base_rate))
+    lab.add(_row("worker.fanout", name, _median(rates), base, _median(raw_rates)))
     await lab.redis.flushdb()
 
 
@@ -201,10 +239,13 @@ async def run_scale(lab: Lab) -> None:
     for size in PAYLOADS:
         namespace = f"bench-size-{size}"
         await seed_jobs(lab, namespace, count, size)
-        raw = await drain_raw(lab, namespace, count)
-        drain = await drain_chirp(lab, namespace, count)
+        raw_rates: list[float] = []
+        rates: list[float] = []
+        for _ in range(lab.sizes.repeats):
+            raw_rates.append(count / (await drain_raw(lab, namespace, count)).seconds)
+            rates.append(count / (await drain_chirp(lab, namespace, count)).seconds)
         name = f"payload {size:,} B, 1 host c128"
-        rate, raw_rate = count / drain.seconds, count / raw.seconds
+        rate, raw_rate = _median(rates), _median(raw_rates)
         lab.add(
             Row(
                 f"scale.size{size}",
