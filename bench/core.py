@@ -278,17 +278,20 @@ async def wait_drained(
     expected: int,
     processes: list[subprocess.Popen[bytes]],
     started: float | None = None,
+    finite: int = 0,
 ) -> Drain:
     """Wait until every group read `expected` entries and acked them all.
 
     The clock starts at `started` if given, else when the first entry is read, so
     process start-up and imports do not count; the host's memory (the first process)
-    is sampled along the way.
+    is sampled along the way. The last `finite` processes (publishers) may end before
+    the drain does; any other that ends, or any that fails, stops the run.
     """
     samples: list[tuple[float, int]] = []
     deadline = time.perf_counter() + DRAIN_TIMEOUT
+    lasting = len(processes) - finite
     while time.perf_counter() < deadline:
-        _check_alive(processes)
+        _check_alive(processes, lasting)
         read, remaining = await _group_progress(lab.redis, stream, groups)
         now = time.perf_counter()
         if read and started is None:
@@ -302,10 +305,12 @@ async def wait_drained(
     raise TimeoutError(f"{stream} was not drained by {groups} in {DRAIN_TIMEOUT}s")
 
 
-def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        if process.poll() is not None and process.returncode != 0:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+def _check_alive(processes: list[subprocess.Popen[bytes]], lasting: int = 0) -> None:
+    """Raise if a process failed, or if one of the first `lasting` ended at all."""
+    for i, process in enumerate(processes):
+        code = process.poll()
+        if code is not None and (code != 0 or i < lasting):
+            raise RuntimeError(f"{process.args} exited with {code} before the end")
 
 
 def _text(value: str | bytes) -> str:

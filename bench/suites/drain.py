@@ -56,7 +56,7 @@ async def drain_chirp(
     commands = [chirp_host() for _ in range(hosts)] + (also or [])
     stream = stream_key(namespace)
     return await _drain(
-        lab, worker, commands, env, stream, groups, expected, publishing=bool(also)
+        lab, worker, commands, env, stream, groups, expected, finite=len(also or [])
     )
 
 
@@ -82,7 +82,7 @@ async def drain_raw(
         stream,
         names,
         expected,
-        publishing=bool(also),
+        finite=len(also or []),
     )
 
 
@@ -95,13 +95,13 @@ async def _drain(
     groups: list[str],
     expected: int,
     *,
-    publishing: bool,
+    finite: int = 0,
 ) -> Drain:
     """Run `commands` together and time the drain of `expected` entries per group.
 
-    Several processes start together at a gate (`bench.core.pass_gate`). When one of
-    them publishes what the others drain, the clock starts as the gate opens, the
-    same moment for the publisher and the consumer; otherwise at the first read.
+    Several processes start together at a gate (`bench.core.pass_gate`). When the
+    last `finite` of them publish what the others drain, the clock starts as the gate
+    opens, the same moment for publisher and consumer; otherwise at the first read.
     """
     processes: list[subprocess.Popen[bytes]] = []
     gated = len(commands) > 1
@@ -112,8 +112,10 @@ async def _drain(
         for i, command in enumerate(commands):
             processes.append(spawn(f"{label}-{i}", command, env))
         opened = await open_gate(lab, gate, processes) if gated else None
-        started = opened if publishing else None
-        return await wait_drained(lab, stream, groups, expected, processes, started)
+        started = opened if finite else None
+        return await wait_drained(
+            lab, stream, groups, expected, processes, started, finite=finite
+        )
     finally:
         for process in processes:
             stop(process)
