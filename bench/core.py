@@ -17,6 +17,7 @@ import redis.asyncio as redis_asyncio
 from redis.exceptions import ResponseError
 
 from bench.messages_pb2 import Job
+from chirp._embedded import parent_death_hook
 from chirp._wire import ENVELOPE_FIELD, Names
 from chirp.envelope_pb2 import Envelope, TraceEntry
 
@@ -162,8 +163,14 @@ def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[b
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "wb") as log:
+        # A benchmark killed outright takes its children with it.
         process = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            args,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=parent_death_hook(),
         )
     _children.add(process)
     return process

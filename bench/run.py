@@ -42,7 +42,7 @@ def parse() -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="small counts: the suite in ~3 minutes"
+        "--quick", action="store_true", help="small counts: the suite in ~2-3 minutes"
     )
     parser.add_argument(
         "--only", choices=sorted(SUITES), action="append", help="run only this suite"
@@ -74,8 +74,9 @@ async def run(names: list[str], args: argparse.Namespace) -> Lab:
     return lab
 
 
-# Set once SIGINT or SIGTERM arrived: what fails after that is the stop, not the run.
-_interrupted = False
+# The signal that stopped the run, once one arrived: what fails after that is the
+# stop, not the run, and a run that ends anyway writes nothing.
+_interrupted: signal.Signals | None = None
 
 
 def _stop_on_signals(task: asyncio.Task[Lab] | None) -> None:
@@ -93,15 +94,16 @@ def _stop_on_signals(task: asyncio.Task[Lab] | None) -> None:
             task.cancel()
             loop.call_later(0.5, cancel_until_done)
 
-    def interrupted(name: str) -> None:
+    def interrupted(signum: signal.Signals) -> None:
         global _interrupted
-        _interrupted = True
-        print(f"\n{name}: stopping; no results are written", file=sys.stderr)
+        if _interrupted is None:
+            print(f"\n{signum.name}: stopping; no results are written", file=sys.stderr)
+        _interrupted = signum
         terminate_children()
         cancel_until_done()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, interrupted, signal.Signals(signum).name)
+        loop.add_signal_handler(signum, interrupted, signum)
 
 
 def main() -> None:
@@ -113,10 +115,17 @@ def main() -> None:
     try:
         lab = asyncio.run(run(names, args))
     except (asyncio.CancelledError, Exception):
-        if _interrupted:
-            sys.exit(130)
-        raise
+        if _interrupted is None:
+            raise
+        sys.exit(128 + _interrupted.value)
+    if _interrupted is not None:  # the run ended before the cancel took
+        sys.exit(128 + _interrupted.value)
     seconds = time.perf_counter() - started
+    # The results, the docs table and the plots are written whole: a signal now
+    # takes effect once they are.
+    held: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, _frame: held.append(number))
     if args.only or args.quick:
         tag = "-".join(args.only or []) or "quick"
         if args.only and args.quick:
@@ -126,3 +135,5 @@ def main() -> None:
         text = report.write(lab, seconds)
     print()
     print(text)
+    if held:
+        sys.exit(128 + held[0])

@@ -60,14 +60,20 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 _spawner: tuple[int, ThreadPoolExecutor] | None = None
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """Return what the forked child runs before exec: SIGTERM it when `parent` dies."""
+def parent_death_hook() -> Callable[[], None] | None:
+    """Return a `preexec_fn` that has a child SIGTERMed when its parent dies.
+
+    Linux only (None elsewhere). The signal follows the thread that forks the child:
+    fork from a thread that lasts as long as the process, such as the main thread.
+    """
+    if _LIBC is None:
+        return None
+    libc, parent = _LIBC, os.getpid()
 
     def ask() -> None:
-        if _LIBC is not None:
-            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != parent:  # died before the signal was asked for
-                os._exit(1)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # died before the signal was asked for
+            os._exit(1)
 
     return ask
 
@@ -93,7 +99,7 @@ def _spawn(command: list[str], output: IO[bytes], cwd: Path) -> subprocess.Popen
             stderr=subprocess.STDOUT,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with(os.getpid()) if _LIBC is not None else None,
+            preexec_fn=parent_death_hook(),
         )
 
     return _spawner_thread().submit(popen).result()

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from chirp._config import NATS_URL_VARIABLE, REDIS_URL_VARIABLE
-from chirp._embedded import embedded_servers_sync
+from chirp._embedded import embedded_servers_sync, parent_death_hook
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,13 @@ class Supervisor:
 
     def _start(self) -> None:
         # A session of its own: Ctrl-C reaches the supervisor only, which then
-        # stops the child the same way as on a reload.
+        # stops the child the same way as on a reload. A supervisor killed outright
+        # takes the child with it.
         self._child = subprocess.Popen(
-            self._command, env=self._env, start_new_session=True
+            self._command,
+            env=self._env,
+            start_new_session=True,
+            preexec_fn=parent_death_hook(),
         )
         self._exit_reported = False
         logger.info("started worker host (pid %d)", self._child.pid)

@@ -126,7 +126,7 @@ async def median_rate(
 ) -> float:
     """Run a drain of `count` entries several times; return the median rate.
 
-    Drains of a few seconds on two cores swing by tens of percent between runs, with
+    Drains of a second or less on two cores swing by tens of percent between runs, with
     the host, Valkey and the poller competing for the CPUs; the median steadies them.
     """
     rates = sorted(
