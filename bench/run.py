@@ -117,8 +117,8 @@ def main() -> None:
     except (asyncio.CancelledError, Exception):
         if _interrupted is None:
             raise
-        sys.exit(128 + _interrupted.value)
-    if _interrupted is not None:  # the run ended before the cancel took
+    # Also when the run ended before the cancel took.
+    if _interrupted is not None:
         sys.exit(128 + _interrupted.value)
     seconds = time.perf_counter() - started
     # The results, the docs table and the plots are written whole: a signal now
@@ -126,11 +126,9 @@ def main() -> None:
     held: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, _frame: held.append(number))
-    if args.only or args.quick:
-        tag = "-".join(args.only or []) or "quick"
-        if args.only and args.quick:
-            tag += "-quick"
-        text = report.write(lab, seconds, f"latest-{tag}", docs=False)
+    tags = [*(args.only or []), *(["quick"] if args.quick else [])]
+    if tags:
+        text = report.write(lab, seconds, "-".join(["latest", *tags]), docs=False)
     else:
         text = report.write(lab, seconds)
     print()

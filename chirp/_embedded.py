@@ -55,9 +55,8 @@ _LOG_TAIL_LINES = 20
 _PR_SET_PDEATHSIG = 1
 # Loaded before any fork: the child only calls it, which takes no lock.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-# The one thread that forks servers, and the process it belongs to: a forked copy of
-# this process has no such thread and makes its own.
-_spawner: tuple[int, ThreadPoolExecutor] | None = None
+# The one thread that forks servers, made on first use.
+_spawner: ThreadPoolExecutor | None = None
 
 
 def parent_death_hook() -> Callable[[], None] | None:
@@ -80,10 +79,18 @@ def parent_death_hook() -> Callable[[], None] | None:
 
 def _spawner_thread() -> ThreadPoolExecutor:
     global _spawner
-    if _spawner is None or _spawner[0] != os.getpid():
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chirp-spawn")
-        _spawner = (os.getpid(), executor)
-    return _spawner[1]
+    if _spawner is None:
+        _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chirp-spawn")
+    return _spawner
+
+
+def _forget_spawner() -> None:
+    """In a forked copy of this process, which has no spawner thread: make a new one."""
+    global _spawner
+    _spawner = None
+
+
+os.register_at_fork(after_in_child=_forget_spawner)
 
 
 def _spawn(command: list[str], output: IO[bytes], cwd: Path) -> subprocess.Popen[bytes]:

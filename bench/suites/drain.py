@@ -53,10 +53,10 @@ async def drain_chirp(
         namespace, BENCH_WORKER=worker, BENCH_CONCURRENCY=concurrency, BENCH_MODE=mode
     )
     groups = [f"{worker}-{i}" for i in range(FANOUT)] if mode == "fanout" else [worker]
-    commands = [chirp_host() for _ in range(hosts)] + (also or [])
+    hosts_commands = [chirp_host() for _ in range(hosts)]
     stream = stream_key(namespace)
     return await _drain(
-        lab, worker, commands, env, stream, groups, expected, finite=len(also or [])
+        lab, worker, hosts_commands, env, stream, groups, expected, also or []
     )
 
 
@@ -73,36 +73,28 @@ async def drain_raw(
     stream = stream_key(namespace)
     consume = python_module("bench.procs", "raw-consume", stream, group, groups)
     names = [group] if groups == 1 else [f"{group}-{i}" for i in range(groups)]
-    commands = [consume, *(also or [])]
     return await _drain(
-        lab,
-        group,
-        commands,
-        lab.env(namespace),
-        stream,
-        names,
-        expected,
-        finite=len(also or []),
+        lab, group, [consume], lab.env(namespace), stream, names, expected, also or []
     )
 
 
 async def _drain(
     lab: Lab,
     label: str,
-    commands: list[list[str]],
+    consumers: list[list[str]],
     env: dict[str, str],
     stream: str,
     groups: list[str],
     expected: int,
-    *,
-    finite: int = 0,
+    publishers: list[list[str]],
 ) -> Drain:
-    """Run `commands` together and time the drain of `expected` entries per group.
+    """Run consumers and publishers together; time the drain of `expected` per group.
 
-    Several processes start together at a gate (`bench.core.pass_gate`). When the
-    last `finite` of them publish what the others drain, the clock starts as the gate
-    opens, the same moment for publisher and consumer; otherwise at the first read.
+    Several processes start together at a gate (`bench.core.pass_gate`). With
+    publishers, the clock starts as the gate opens, the same moment for publisher and
+    consumer; otherwise at the first read.
     """
+    commands = consumers + publishers
     processes: list[subprocess.Popen[bytes]] = []
     gated = len(commands) > 1
     gate = f"bench-gate:{label}"
@@ -112,9 +104,9 @@ async def _drain(
         for i, command in enumerate(commands):
             processes.append(spawn(f"{label}-{i}", command, env))
         opened = await open_gate(lab, gate, processes) if gated else None
-        started = opened if finite else None
+        started = opened if publishers else None
         return await wait_drained(
-            lab, stream, groups, expected, processes, started, finite=finite
+            lab, stream, groups, expected, processes, started, finite=len(publishers)
         )
     finally:
         for process in processes:
@@ -129,10 +121,30 @@ async def median_rate(
     Drains of a second or less on two cores swing by tens of percent between runs, with
     the host, Valkey and the poller competing for the CPUs; the median steadies them.
     """
-    rates = sorted(
+    return _median(
         [count / (await attempt()).seconds for _ in range(lab.sizes.repeats)]
     )
-    return rates[len(rates) // 2]
+
+
+async def _in_turns(
+    lab: Lab,
+    units: int,
+    raw: Callable[[], Awaitable[Drain]],
+    ours: Callable[[], Awaitable[Drain]],
+    after_round: Callable[[], Awaitable[object]] | None = None,
+) -> tuple[float, float]:
+    """Run a raw and a Chirp drain in turns, round after round; return median rates.
+
+    Returns (Chirp, raw), each in `units` per second of drain.
+    """
+    raw_rates: list[float] = []
+    rates: list[float] = []
+    for _ in range(lab.sizes.repeats):
+        raw_rates.append(units / (await raw()).seconds)
+        rates.append(units / (await ours()).seconds)
+        if after_round is not None:
+            await after_round()
+    return _median(rates), _median(raw_rates)
 
 
 def _row(key: str, name: str, rate: float, base: str, base_rate: float) -> Row:
@@ -184,33 +196,31 @@ async def _end_to_end(lab: Lab, count: int) -> None:
     raw_stream = stream_key("bench-e2e-raw")
     raw_pub = python_module("bench.procs", "raw-publish", raw_stream, count)
     chirp_pub = python_module("bench.procs", "chirp-publish", count)
-    raw_rates: list[float] = []
-    rates: list[float] = []
-    for _ in range(lab.sizes.repeats):
-        raw = await drain_raw(lab, "bench-e2e-raw", count, also=[raw_pub])
-        raw_rates.append(count / raw.seconds)
-        drain = await drain_chirp(lab, "bench-e2e", count, also=[chirp_pub])
-        rates.append(count / drain.seconds)
-        await lab.redis.flushdb()
+    rate, raw_rate = await _in_turns(
+        lab,
+        count,
+        lambda: drain_raw(lab, "bench-e2e-raw", count, also=[raw_pub]),
+        lambda: drain_chirp(lab, "bench-e2e", count, also=[chirp_pub]),
+        after_round=lab.redis.flushdb,
+    )
     name = "end to end: publisher process (100 tasks) + host c128"
     base = "raw pipelined XADD + raw loop"
-    lab.add(_row("worker.e2e", name, _median(rates), base, _median(raw_rates)))
+    lab.add(_row("worker.e2e", name, rate, base, raw_rate))
 
 
 async def _fanout(lab: Lab, count: int) -> None:
     """One backlog consumed by 10 workers (10 groups) in one host."""
     await seed_jobs(lab, "bench-fan", count, PAYLOAD_SIZE)
     deliveries = count * FANOUT
-    raw_rates: list[float] = []
-    rates: list[float] = []
-    for _ in range(lab.sizes.repeats):
-        raw = await drain_raw(lab, "bench-fan", count, groups=FANOUT)
-        raw_rates.append(deliveries / raw.seconds)
-        drain = await drain_chirp(lab, "bench-fan", count, mode="fanout")
-        rates.append(deliveries / drain.seconds)
+    rate, raw_rate = await _in_turns(
+        lab,
+        deliveries,
+        lambda: drain_raw(lab, "bench-fan", count, groups=FANOUT),
+        lambda: drain_chirp(lab, "bench-fan", count, mode="fanout"),
+    )
     name = f"fan-out: 1 message to {FANOUT} workers (deliveries/s)"
     base = f"raw loop, {FANOUT} groups"
-    lab.add(_row("worker.fanout", name, _median(rates), base, _median(raw_rates)))
+    lab.add(_row("worker.fanout", name, rate, base, raw_rate))
     await lab.redis.flushdb()
 
 
@@ -241,13 +251,13 @@ async def run_scale(lab: Lab) -> None:
     for size in PAYLOADS:
         namespace = f"bench-size-{size}"
         await seed_jobs(lab, namespace, count, size)
-        raw_rates: list[float] = []
-        rates: list[float] = []
-        for _ in range(lab.sizes.repeats):
-            raw_rates.append(count / (await drain_raw(lab, namespace, count)).seconds)
-            rates.append(count / (await drain_chirp(lab, namespace, count)).seconds)
+        rate, raw_rate = await _in_turns(
+            lab,
+            count,
+            lambda ns=namespace: drain_raw(lab, ns, count),
+            lambda ns=namespace: drain_chirp(lab, ns, count),
+        )
         name = f"payload {size:,} B, 1 host c128"
-        rate, raw_rate = _median(rates), _median(raw_rates)
         lab.add(
             Row(
                 f"scale.size{size}",
